@@ -1,0 +1,84 @@
+"""Encoders, fusion modules and the multimodal classifier, plus a builder from config specs."""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Mapping, Optional
+
+from torch import nn
+
+from .fusion import FUSIONS, ConcatFusion, SumFusion
+from .mlp import MLPEncoder
+from .multimodal import ModelOutput, MultimodalModel
+from .resnet import ResNet18Encoder
+
+__all__ = ["ModelOutput", "MultimodalModel", "build_model", "ENCODERS", "FUSIONS",
+           "MLPEncoder", "ResNet18Encoder", "ConcatFusion", "SumFusion"]
+
+logger = logging.getLogger(__name__)
+
+#: encoder ``type`` in a model spec -> class taking ``input_shape`` plus keyword options.
+ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "resnet18": ResNet18Encoder}
+
+
+def _build_encoder(modality: str, spec: Mapping[str, Any], input_shape: tuple[int, ...]
+                   ) -> nn.Module:
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"encoder spec for modality {modality!r} must be a mapping, got {spec!r}")
+    kwargs = dict(spec)
+    kind = kwargs.pop("type", None)
+    if kind not in ENCODERS:
+        raise ValueError(f"modality {modality!r}: unknown encoder type {kind!r}; "
+                         f"valid types: {sorted(ENCODERS)}")
+    cls = ENCODERS[kind]
+    valid = sorted(n for n in inspect.signature(cls).parameters if n != "input_shape")
+    if "input_shape" in kwargs:
+        raise ValueError(f"modality {modality!r}: 'input_shape' comes from input_shapes, "
+                         f"not from the encoder spec")
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"modality {modality!r}: encoder {kind!r} does not accept key(s) "
+                         f"{unknown}; valid keys: {valid}")
+    return cls(tuple(input_shape), **kwargs)
+
+
+def build_model(
+    encoders: Mapping[str, Mapping[str, Any]],
+    input_shapes: Mapping[str, tuple[int, ...]],
+    num_classes: int,
+    fusion: str = "concat",
+    fusion_dim: Optional[int] = None,
+    unimodal_heads: bool = False,
+) -> MultimodalModel:
+    """Build a :class:`MultimodalModel` from per-modality encoder specs.
+
+    Args:
+        encoders: modality -> ``{"type": <key of ENCODERS>, **encoder kwargs}``; the order of
+            this mapping is the order of the modalities in the model and the fusion.
+        input_shapes: modality -> shape of one sample (no batch dimension), from the data.
+        num_classes: number of classes.
+        fusion: a key of :data:`FUSIONS`.
+        fusion_dim: common size for ``"sum"`` fusion (default: the largest feature size).
+        unimodal_heads: give every modality its own linear head as well.
+
+    Raises:
+        ValueError: naming the offending modality, type, key or fusion.
+    """
+    no_spec = sorted(set(input_shapes) - set(encoders))
+    no_shape = sorted(set(encoders) - set(input_shapes))
+    if no_spec or no_shape:
+        raise ValueError(f"encoders and input_shapes must name the same modalities: "
+                         f"no encoder spec for {no_spec}, no input shape for {no_shape}")
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {fusion!r}; valid fusions: {sorted(FUSIONS)}")
+    if fusion_dim is not None and fusion != "sum":
+        raise ValueError(f"fusion_dim is only used by 'sum' fusion, not {fusion!r}")
+    encs = nn.ModuleDict({m: _build_encoder(m, spec, input_shapes[m])
+                          for m, spec in encoders.items()})
+    dims = {m: e.out_dim for m, e in encs.items()}
+    fuse = SumFusion(dims, fusion_dim) if fusion == "sum" else FUSIONS[fusion](dims)
+    model = MultimodalModel(encs, fuse, num_classes, unimodal_heads=unimodal_heads)
+    logger.info("built model: %s",
+                ", ".join(f"{m}={sum(p.numel() for p in e.parameters()):,} params"
+                          for m, e in encs.items()))
+    return model
