@@ -1,0 +1,254 @@
+"""Run configuration: YAML -> dataclasses, checked keys and types, dotted overrides.
+
+Sections with a ``name`` (``data``, ``method``, each encoder's ``type``) take the keyword
+arguments of the registered builder or class; those are checked against its signature.
+"""
+from __future__ import annotations
+
+import collections.abc
+import copy
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import yaml
+
+__all__ = ["Config", "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig",
+           "ConfigError", "load_config", "config_from_dict", "apply_overrides", "config_to_dict",
+           "check_kwargs"]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fusion: str = "concat"  # concat | sum
+    fusion_dim: Optional[int] = None  # sum fusion only
+    unimodal_heads: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "none"  # none | step | cosine
+    step_size: int = 30  # step: decay every step_size epochs by gamma
+    gamma: float = 0.1
+    min_lr: float = 0.0  # cosine: final learning rate
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True
+    select_metric: str = "val_acc"  # val_acc | val_macro_f1 | val_weighted_f1
+    log_test_every_epoch: bool = True  # for curves only, never for selection
+    monitor_purity: bool = False  # per-epoch train/val purity of every modality
+    monitor_max_samples: Optional[int] = None
+    deterministic: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: dict[str, Any] = field(default_factory=lambda: {"name": "mfeat"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "joint"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- type checking
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return ``value`` (ints widened to float where a float is expected) or raise ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return value
+    if origin is Union or origin is types.UnionType:
+        for arg in args:
+            try:
+                return check_type(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return value
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, collections.abc.Mapping) or hint in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {k: check_type(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool or hint is int:
+        if type(value) is not hint:  # bool is an int subclass: reject True for an int
+            raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+        return value
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def check_kwargs(section: str, kwargs: Mapping[str, Any], target: Callable) -> dict[str, Any]:
+    """Check ``kwargs`` against ``target``'s signature; return them with defaults filled in."""
+    sig = inspect.signature(target)
+    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    params = {n: p for n, p in sig.parameters.items()
+              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"}
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; valid keys: {sorted(params)}")
+    out = {}
+    for n, p in params.items():
+        if n in kwargs:
+            out[n] = check_type(kwargs[n], hints.get(n, Any), f"{section}.{n}")
+        elif p.default is inspect.Parameter.empty:
+            raise ConfigError(f"{section}: missing required key {n!r}")
+        else:
+            d = p.default
+            out[n] = list(d) if isinstance(d, tuple) else d
+    return out
+
+
+def _from_dict(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = path or "top level"
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{path}.{name}" if path else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, key)
+        else:
+            kwargs[name] = check_type(value, hint, key)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- loading
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. method.lam=7")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build and fully check a :class:`Config` (registered builders' keys included)."""
+    from .data import DATASETS, SPLIT_KEYS
+    from .methods import METHODS
+    from .models import ENCODERS
+
+    cfg = _from_dict(Config, raw, "")
+    cfg.data = _named_section("data", cfg.data, DATASETS, reserved=SPLIT_KEYS)
+    cfg.method = _named_section("method", cfg.method, METHODS)
+    for modality, spec in cfg.model.encoders.items():
+        cfg.model.encoders[modality] = _named_section(
+            f"model.encoders.{modality}", spec, ENCODERS, name_key="type",
+            skip=("input_shape",))
+    return cfg
+
+
+def _named_section(section: str, raw: Mapping[str, Any], registry: Mapping[str, Callable],
+                   name_key: str = "name", reserved: Mapping[str, Any] = None,
+                   skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    raw = dict(raw)
+    name = raw.pop(name_key, None)
+    if name not in registry:
+        raise ConfigError(f"{section}.{name_key}: {name!r} is not one of {sorted(registry)}")
+    fixed = {}
+    for key, default in (reserved or {}).items():
+        fixed[key] = raw.pop(key, default)
+    target = registry[name]
+    for s in skip:
+        if s in raw:
+            raise ConfigError(f"{section}: {s!r} is set from the data, not the config")
+    kwargs = check_kwargs(section, raw, _without(target, skip))
+    return {name_key: name, **fixed, **kwargs}
+
+
+def _without(target: Callable, skip: tuple[str, ...]) -> Callable:
+    if not skip:
+        return target
+    sig = inspect.signature(target)
+    params = [p for n, p in sig.parameters.items() if n not in skip and n != "self"]
+    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+
+    def shim(**kwargs):  # a stand-in carrying the reduced signature for checking only
+        return kwargs
+
+    shim.__signature__ = sig.replace(parameters=params)
+    shim.__annotations__ = {k: v for k, v in hints.items() if k not in skip}
+    return shim
+
+
+def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
+    """Read a YAML config file, apply dotted overrides, and check everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    try:
+        return config_from_dict(apply_overrides(raw, overrides or []))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain data (what a run directory stores)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,7 @@
+"""Balancing methods as plugins of the one training loop; ``METHODS`` maps names to classes."""
+from .base import METHODS, FitContext, Method, register_method
+
+# Explicit imports fill the registry (no file scanning).
+from . import joint, dnr  # noqa: E402,F401
+
+__all__ = ["METHODS", "FitContext", "Method", "register_method"]

@@ -1,0 +1,115 @@
+"""The hook interface between the one training loop and every balancing method.
+
+The trainer runs fixed stages and calls the method at each (order per epoch)::
+
+    on_fit_start
+    for each epoch:
+        on_train_epoch_start
+        for each batch:
+            forward -> loss_terms -> backward -> on_before_optimizer_step -> step
+            on_train_batch_end
+        (validation / test evaluation, best-epoch selection)
+        on_train_epoch_end        # may return a report (D&R's diagnosis)
+    on_fit_end
+
+Methods to come map onto it: OGM-GE and AGM edit gradients in ``on_before_optimizer_step``;
+PMR adds a loss term and refreshes prototypes in ``on_train_epoch_start``; G-Blending
+re-estimates blend weights at super-epoch starts from ``ctx.holdout_loader``; AGM and
+Greedy replace ``forward``; D&R acts in ``on_train_epoch_end``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import ModelOutput
+
+__all__ = ["FitContext", "Method", "METHODS", "register_method"]
+
+Batch = tuple[Mapping[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class FitContext:
+    """What a method may read during a run. Loaders over train/val only, never test."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    num_classes: int
+    epochs: int
+    train_loader: Iterable
+    diag_train_loader: Iterable  # whole training split, fixed order, no augmentation
+    val_loader: Iterable
+    holdout_loader: Optional[Iterable] = None  # part of TRAINING held out for a method
+    epoch: int = 0
+    step: int = 0  # optimizer steps taken so far, over the whole run
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: joint training behaviour, every hook a no-op or the plain default."""
+
+    name: str = "base"
+    #: fraction of the training split a method needs held out (e.g. G-Blending's V).
+    holdout_fraction: float = 0.0
+
+    def model_overrides(self) -> dict[str, Any]:
+        """Model options the method needs (e.g. ``{"unimodal_heads": True}``)."""
+        return {}
+
+    def on_fit_start(self, ctx: FitContext) -> None:
+        """Called once before the first epoch (and again after a resume); check applicability."""
+
+    def on_train_epoch_start(self, ctx: FitContext) -> None:
+        """Called before the first batch of each epoch."""
+
+    def forward(self, ctx: FitContext, inputs: Mapping[str, torch.Tensor]) -> ModelOutput:
+        """The training forward pass; methods with masked or extra passes override it."""
+        return ctx.model(inputs)
+
+    def loss_terms(
+        self, ctx: FitContext, output: ModelOutput, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms; the trainer sums them and logs each."""
+        return {"ce": F.cross_entropy(output.logits, labels)}
+
+    def on_before_optimizer_step(self, ctx: FitContext) -> None:
+        """After backward, before the optimizer step: edit gradients here."""
+
+    def on_train_batch_end(self, ctx: FitContext, terms: Mapping[str, float]) -> None:
+        """After the optimizer step, with the batch's loss terms as floats."""
+
+    def on_train_epoch_end(self, ctx: FitContext) -> Optional[dict[str, Any]]:
+        """After the epoch's training and evaluation; may return a report to log."""
+        return None
+
+    def on_fit_end(self, ctx: FitContext) -> None:
+        """Called once after the last epoch."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that a resumed run needs."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator that adds a method to :data:`METHODS` under ``name``."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return add

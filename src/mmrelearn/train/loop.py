@@ -1,0 +1,217 @@
+"""The one training loop: methods act only through the hooks of ``methods/base.py``."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..diagnose import cluster_purity, purity_gap
+from ..methods.base import FitContext, Method
+from ..relearn import extract_features
+from .checkpoint import (append_jsonl, atomic_save, rng_state, set_rng_state,
+                         truncate_jsonl)
+from .metrics import classification_metrics
+
+__all__ = ["Trainer", "NonFiniteLossError", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _to(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {m: x.to(device, non_blocking=True) for m, x in inputs.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
+             num_classes: int) -> dict[str, float]:
+    """Loss, accuracy, macro F1 and weighted F1 of ``model`` over ``loader`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    preds, labels, loss_sum = [], [], 0.0
+    for inputs, y in loader:
+        y = y.to(device)
+        logits = model(_to(inputs, device)).logits
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        preds.append(logits.argmax(1).cpu())
+        labels.append(y.cpu())
+    model.train(was_training)
+    y_true, y_pred = torch.cat(labels).numpy(), torch.cat(preds).numpy()
+    out = classification_metrics(y_true, y_pred, num_classes)
+    out["loss"] = loss_sum / max(len(y_true), 1)
+    return out
+
+
+class Trainer:
+    """Runs one method on one model and data, writing a run directory.
+
+    Run directory: ``metrics.jsonl`` (one line per epoch), ``reports.jsonl`` (method reports,
+    e.g. each D&R diagnosis), ``checkpoints/last.pt`` (everything needed to resume) and
+    ``checkpoints/best.pt`` (weights of the epoch with the best validation metric).
+    """
+
+    def __init__(self, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
+                 scheduler: Optional[Any], loaders: dict[str, Iterable], num_classes: int,
+                 cfg: TrainConfig, run_dir: Path, device: torch.device,
+                 train_generator: torch.Generator) -> None:
+        self.model, self.method, self.optimizer, self.scheduler = model, method, optimizer, scheduler
+        self.loaders, self.num_classes, self.cfg = loaders, num_classes, cfg
+        self.run_dir, self.device, self.gen = Path(run_dir), device, train_generator
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ctx = FitContext(
+            model=model, optimizer=optimizer, device=device, num_classes=num_classes,
+            epochs=cfg.epochs, train_loader=loaders["train"],
+            diag_train_loader=loaders["diag_train"], val_loader=loaders["val"],
+            holdout_loader=loaders.get("holdout"))
+        self.start_epoch = 0
+        self.best: dict[str, Any] = {"epoch": -1, "score": -math.inf}
+
+    # ------------------------------------------------------------ checkpoints
+    def _save_last(self, epoch: int) -> None:
+        atomic_save({
+            "epoch": epoch, "step": self.ctx.step, "best": self.best,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "method": self.method.state_dict(), "rng": rng_state(),
+            "train_generator": self.gen.get_state(),
+        }, self.ckpt_dir / "last.pt")
+
+    def resume(self) -> None:
+        """Load ``checkpoints/last.pt`` and continue after the epoch it completed."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: {path} does not exist (no epoch finished)")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        set_rng_state(state["rng"])
+        self.gen.set_state(state["train_generator"])
+        self.ctx.step, self.best = state["step"], state["best"]
+        self.start_epoch = state["epoch"] + 1
+        # Lines written for an epoch that crashed before its checkpoint are dropped.
+        for name in ("metrics.jsonl", "reports.jsonl"):
+            truncate_jsonl(self.run_dir / name, state["epoch"])
+        log.info("resumed %s after epoch %d", self.run_dir, state["epoch"])
+
+    # ------------------------------------------------------------ one epoch
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        sums: dict[str, float] = {}
+        n_batches = 0
+        bar = tqdm(self.loaders["train"], desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                   leave=False, disable=not self.cfg.progress, dynamic_ncols=True)
+        for inputs, labels in bar:
+            inputs, labels = _to(inputs, self.device), labels.to(self.device)
+            output = self.method.forward(self.ctx, inputs)
+            terms = self.method.loss_terms(self.ctx, output, labels)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                values = {k: float(v.detach()) for k, v in terms.items()}
+                raise NonFiniteLossError(
+                    f"non-finite training loss at epoch {epoch}, step {self.ctx.step}: {values}; "
+                    f"the run stops here, {self.ckpt_dir / 'last.pt'} holds the last good epoch "
+                    f"(lower optim.lr or check the inputs)")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.method.on_before_optimizer_step(self.ctx)
+            self.optimizer.step()
+            self.ctx.step += 1
+            floats = {k: float(v.detach()) for k, v in terms.items()}
+            self.method.on_train_batch_end(self.ctx, floats)
+            for k, v in floats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_batches += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if self.scheduler is not None:
+            self.scheduler.step()
+        means = {k: v / max(n_batches, 1) for k, v in sums.items()}
+        means["total"] = sum(means.values())
+        return means
+
+    def _monitor_purity(self) -> dict[str, dict[str, float]]:
+        model, device = self.model, self.device
+
+        def features(batch):
+            inputs, labels = batch
+            return model.encode(_to(inputs, device)), labels
+
+        out = {}
+        kw = dict(max_samples=self.cfg.monitor_max_samples)
+        f_tr, y_tr = extract_features(model.encoders, features, self.loaders["diag_train"], device, **kw)
+        f_va, y_va = extract_features(model.encoders, features, self.loaders["val"], device, **kw)
+        for m in model.encoders:
+            p_tr = cluster_purity(f_tr[m], y_tr, self.num_classes)
+            p_va = cluster_purity(f_va[m], y_va, self.num_classes)
+            out[m] = {"train": p_tr, "val": p_va, "gap": purity_gap(p_tr, p_va)}
+        return out
+
+    # ------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train from ``start_epoch`` to the end; return the per-run summary numbers."""
+        cfg, ctx = self.cfg, self.ctx
+        self.method.on_fit_start(ctx)
+        select = cfg.select_metric.removeprefix("val_")
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            ctx.epoch = epoch
+            self.method.on_train_epoch_start(ctx)
+            record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+            record["train"] = self._train_epoch(epoch)
+            record["val"] = evaluate(self.model, self.loaders["val"], self.device, self.num_classes)
+            if cfg.log_test_every_epoch:  # logged for curves; never read for selection
+                record["test"] = evaluate(self.model, self.loaders["test"], self.device,
+                                          self.num_classes)
+            if cfg.monitor_purity:
+                record["purity"] = self._monitor_purity()
+            if record["val"][select] > self.best["score"]:
+                self.best = {"epoch": epoch, "score": record["val"][select]}
+                atomic_save({"epoch": epoch, "model": self.model.state_dict()},
+                            self.ckpt_dir / "best.pt")
+            report = self.method.on_train_epoch_end(ctx)
+            record["time_s"] = time.perf_counter() - t0
+            if report is not None:
+                append_jsonl({"epoch": epoch, **report}, self.run_dir / "reports.jsonl")
+                record["report"] = report
+            append_jsonl(record, self.run_dir / "metrics.jsonl")
+            self._save_last(epoch)
+            log.info("epoch %d: loss %.4f val acc %.4f", epoch, record["train"]["total"],
+                     record["val"]["acc"])
+        self.method.on_fit_end(ctx)
+        return self._final_numbers()
+
+    def _final_numbers(self) -> dict[str, Any]:
+        best = torch.load(self.ckpt_dir / "best.pt", map_location=self.device, weights_only=False)
+        last_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(best["model"])
+        out = {"best_epoch": best["epoch"], "select_metric": self.cfg.select_metric,
+               "val": evaluate(self.model, self.loaders["val"], self.device, self.num_classes),
+               "test": evaluate(self.model, self.loaders["test"], self.device, self.num_classes)}
+        self.model.load_state_dict(last_state)
+        out["test_last_epoch"] = evaluate(self.model, self.loaders["test"], self.device,
+                                          self.num_classes)
+        return out
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; optionally ask torch for deterministic kernels."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)

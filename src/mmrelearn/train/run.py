@@ -1,0 +1,161 @@
+"""Assemble a run from a :class:`~mmrelearn.config.Config` and execute it in a run directory."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from ..config import Config, ConfigError, config_from_dict, config_to_dict
+from ..data import DataBundle, build_data
+from ..methods import METHODS, Method
+from ..models import build_model
+from .checkpoint import atomic_write_text, read_jsonl
+from .loop import Trainer, seed_everything
+from .plots import plot_run
+
+__all__ = ["build_method", "build_data_for", "build_trainer", "train", "load_run_config",
+           "RunExistsError"]
+
+log = logging.getLogger(__name__)
+
+
+class RunExistsError(FileExistsError):
+    """The run directory already holds a run; resume it or choose another name."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} asked for, but CUDA is not available")
+    return dev
+
+
+def build_method(cfg: Config) -> Method:
+    params = {k: v for k, v in cfg.method.items() if k != "name"}
+    return METHODS[cfg.method["name"]](**params)
+
+
+def build_data_for(cfg: Config, method: Method) -> DataBundle:
+    """The data of a run: the same splits for every method given the same data config."""
+    opts = {k: v for k, v in cfg.data.items() if k != "name"}
+    return build_data(cfg.data["name"], holdout_fraction=method.holdout_fraction, **opts)
+
+
+def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    raise ConfigError(f"optim.name: {o.name!r} is not one of ['adam', 'adamw', 'sgd']")
+
+
+def _scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
+    s = cfg.schedule
+    if s.name == "none":
+        return None
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=cfg.train.epochs, eta_min=s.min_lr)
+    raise ConfigError(f"schedule.name: {s.name!r} is not one of ['cosine', 'none', 'step']")
+
+
+def _loaders(cfg: Config, data: DataBundle, gen: torch.Generator) -> dict[str, DataLoader]:
+    t = cfg.train
+    kw = dict(num_workers=t.num_workers)
+    loaders = {
+        "train": DataLoader(data.train, batch_size=t.batch_size, shuffle=True, generator=gen, **kw),
+        "diag_train": DataLoader(data.train, batch_size=t.eval_batch_size, **kw),
+        "val": DataLoader(data.val, batch_size=t.eval_batch_size, **kw),
+        "test": DataLoader(data.test, batch_size=t.eval_batch_size, **kw),
+    }
+    if data.holdout is not None:
+        loaders["holdout"] = DataLoader(data.holdout, batch_size=t.eval_batch_size, **kw)
+    return loaders
+
+
+def build_trainer(cfg: Config, run_dir: Path) -> Trainer:
+    """Data, model (seeded), method, optimizer, scheduler and loaders -> a :class:`Trainer`."""
+    seed_everything(cfg.seed, cfg.train.deterministic)
+    device = resolve_device(cfg.train.device)
+    method = build_method(cfg)
+    data = build_data_for(cfg, method)
+    model_kw = {"fusion": cfg.model.fusion, "fusion_dim": cfg.model.fusion_dim,
+                "unimodal_heads": cfg.model.unimodal_heads, **method.model_overrides()}
+    missing = sorted(set(data.modalities) - set(cfg.model.encoders))
+    if missing:
+        raise ConfigError(f"model.encoders: no encoder for modality {missing}; "
+                          f"the data has {data.modalities}")
+    encoders = {m: cfg.model.encoders[m] for m in data.modalities}
+    torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
+    model = build_model(encoders, data.input_shapes, data.num_classes, **model_kw).to(device)
+    optimizer = _optimizer(cfg, model.parameters())
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return Trainer(model, method, optimizer, _scheduler(cfg, optimizer), _loaders(cfg, data, gen),
+                   data.num_classes, cfg.train, run_dir, device, gen)
+
+
+def load_run_config(run_dir: Union[str, Path]) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {path} is missing")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] = None,
+          resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the summary also written to summary.json.
+
+    A new run goes to ``run_dir`` (default ``output_dir/name/seed{seed}``), which must not hold a
+    run already. ``resume=True`` continues the run in ``run_dir`` from its last checkpoint
+    using the config stored there; a finished run is returned unchanged.
+    """
+    if resume:
+        run_dir = Path(run_dir)
+        cfg = load_run_config(run_dir)
+        if (run_dir / "summary.json").is_file():
+            log.info("%s is already finished", run_dir)
+            return json.loads((run_dir / "summary.json").read_text())
+    else:
+        run_dir = Path(run_dir or Path(cfg.output_dir) / cfg.name / f"seed{cfg.seed}")
+        if (run_dir / "config.yaml").exists():
+            raise RunExistsError(f"{run_dir} already holds a run; resume it with "
+                                 f"--resume {run_dir}, or set another name/output_dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
+                          run_dir / "config.yaml")
+    trainer = build_trainer(cfg, run_dir)
+    if resume and (run_dir / "checkpoints" / "last.pt").is_file():
+        trainer.resume()
+    t0 = time.perf_counter()
+    numbers = trainer.fit()
+    summary = _summary(cfg, run_dir, numbers, time.perf_counter() - t0)
+    plot_run(run_dir)
+    atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
+    return summary
+
+
+def _summary(cfg: Config, run_dir: Path, numbers: dict, seconds: float) -> dict[str, Any]:
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    summary = {"name": cfg.name, "method": cfg.method["name"], "seed": cfg.seed,
+               "data": cfg.data["name"], "epochs": cfg.train.epochs, **numbers,
+               "fit_seconds_this_session": seconds,
+               "train_seconds_total": sum(r["time_s"] for r in records)}
+    if records and "test" in records[0]:
+        best = max(records, key=lambda r: r["test"]["acc"])
+        # Selected on TEST: the figure published work often reports. Never use it to compare.
+        summary["best_test_acc_over_epochs_selected_on_test"] = {
+            "epoch": best["epoch"], "acc": best["test"]["acc"]}
+    return summary

@@ -1,0 +1,80 @@
+"""D&R as a trainer plugin: what it touches, when, and on which data."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from mmrelearn.config import config_from_dict
+from mmrelearn.train import build_trainer
+from mmrelearn.train.checkpoint import read_jsonl
+
+
+def _trainer(raw, run_dir):
+    return build_trainer(config_from_dict(raw), run_dir)
+
+
+def test_reinit_touches_encoders_only_by_exact_alpha(tiny_raw, tmp_path):
+    tiny_raw["train"]["epochs"] = 3
+    trainer = _trainer(tiny_raw, tmp_path)
+    model, method = trainer.model, trainer.method
+    init = copy.deepcopy(model.state_dict())
+    seen = {}
+    original = method.on_train_epoch_end
+
+    def spy(ctx):
+        before = copy.deepcopy(model.state_dict())
+        report = original(ctx)
+        if report is not None:
+            seen["before"], seen["after"] = before, copy.deepcopy(model.state_dict())
+            seen["report"] = report
+        return report
+
+    method.on_train_epoch_end = spy
+    trainer.fit()
+    rep = seen["report"]["dnr"]
+    assert rep["epoch"] == 2 and rep["applied"]
+    before, after = seen["before"], seen["after"]
+    for key in before:
+        modality = key.split(".")[1] if key.startswith("encoders.") else None
+        is_buffer = "running_" in key or "num_batches" in key
+        if modality is None or is_buffer:
+            assert torch.equal(before[key], after[key]), key  # head, fusion, BN stats
+        else:
+            a = rep["modalities"][modality]["alpha"]
+            expected = before[key] * (1 - a) + init[key] * a
+            assert torch.allclose(after[key], expected, atol=1e-7), key
+    assert all(0 < rep["modalities"][m]["alpha"] <= 1 for m in ("m0", "m1"))
+
+
+def test_diagnosis_uses_train_and_val_only(tiny_raw, tmp_path):
+    trainer = _trainer(tiny_raw, tmp_path)
+    trainer.fit()
+    reports = read_jsonl(tmp_path / "reports.jsonl")
+    n_train, n_val = len(trainer.loaders["diag_train"].dataset), len(trainer.loaders["val"].dataset)
+    n_test = len(trainer.loaders["test"].dataset)
+    assert (n_train, n_val, n_test) == (120, 60, 60)
+    for r in reports:
+        assert (r["dnr"]["n_train"], r["dnr"]["n_val"]) == (n_train, n_val)
+    assert not hasattr(trainer.ctx, "test_loader")
+
+
+def test_joint_and_dnr_agree_until_the_first_reinit(tiny_raw, tmp_path):
+    runs = {}
+    for name in ("joint", "dnr"):
+        raw = copy.deepcopy(tiny_raw)
+        if name == "joint":
+            raw["method"] = {"name": "joint"}
+        trainer = _trainer(raw, tmp_path / name)
+        trainer.fit()
+        runs[name] = [{k: v for k, v in r.items() if k not in ("time_s", "report")}
+                      for r in read_jsonl(tmp_path / name / "metrics.jsonl")]
+    # identical through epoch 2 (D&R acts at the END of epoch 2), different afterwards
+    assert runs["joint"][:3] == runs["dnr"][:3]
+    assert runs["joint"][3]["train"] != runs["dnr"][3]["train"]
+
+
+def test_max_times_caps_reinit(tiny_raw, tmp_path):
+    tiny_raw["method"].update(every=1, max_times=2)
+    _trainer(tiny_raw, tmp_path).fit()
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "reports.jsonl")] == [1, 2]
