@@ -1,0 +1,122 @@
+"""Command line: ``mmrelearn train | eval | compare | demo`` (thin layer over the library)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .config import ConfigError, load_config
+
+log = logging.getLogger("mmrelearn")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    if args.resume:
+        if args.config or args.set:
+            raise ConfigError("--resume takes the config stored in the run directory; "
+                              "do not pass -c/--set with it")
+        summary = train(run_dir=args.resume, resume=True)
+    else:
+        if not args.config:
+            raise ConfigError("train needs -c CONFIG (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.set)
+        summary = train(cfg, run_dir=args.run_dir)
+    t = summary["test"]
+    print(f"{summary['name']} ({summary['method']}, seed {summary['seed']}): best epoch "
+          f"{summary['best_epoch']} by {summary['select_metric']}; test acc {t['acc']:.4f}, "
+          f"macro F1 {t['macro_f1']:.4f}, weighted F1 {t['weighted_f1']:.4f}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train import build_trainer, evaluate, load_run_config
+
+    run_dir = Path(args.run_dir)
+    cfg = load_run_config(run_dir)
+    trainer = build_trainer(cfg, run_dir)
+    ckpt = run_dir / "checkpoints" / f"{args.checkpoint}.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt} does not exist")
+    state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
+    trainer.model.load_state_dict(state["model"])
+    out = {"checkpoint": str(ckpt), "epoch": state["epoch"]}
+    for split in ("val", "test"):
+        out[split] = evaluate(trainer.model, trainer.loaders[split], trainer.device,
+                              trainer.num_classes)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .report import aggregate, load_summaries, markdown_table
+
+    table = markdown_table(aggregate(load_summaries(args.run_dirs)))
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    print(run_demo(out_dir=Path(args.out), seeds=args.seeds, epochs=args.epochs,
+                   progress=not args.no_progress))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmrelearn", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one run from a YAML config")
+    t.add_argument("-c", "--config", help="YAML config file")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set method.lam=7 (repeatable)")
+    t.add_argument("--run-dir", help="run directory (default: output_dir/name/seed{seed})")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint on validation and test")
+    e.add_argument("run_dir")
+    e.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    e.set_defaults(func=_cmd_eval)
+
+    c = sub.add_parser("compare", help="markdown table (mean ± std over seeds) of finished runs")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--out", help="also write the table to this file")
+    c.set_defaults(func=_cmd_compare)
+
+    d = sub.add_parser("demo", help="joint training vs D&R on real mfeat data (clean and noisy)")
+    d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    d.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"mmrelearn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # e.g. NonFiniteLossError
+        print(f"mmrelearn {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Tables over finished runs: mean and standard deviation over seeds, as markdown."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any, Sequence, Union
+
+__all__ = ["load_summaries", "aggregate", "markdown_table"]
+
+METRICS = (("acc", "Acc"), ("macro_f1", "Macro F1"), ("weighted_f1", "Weighted F1"))
+
+
+def load_summaries(run_dirs: Sequence[Union[str, Path]]) -> list[dict[str, Any]]:
+    """Read ``summary.json`` of each run directory (error naming any unfinished one)."""
+    out = []
+    for d in run_dirs:
+        path = Path(d) / "summary.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{d}: no summary.json (not a finished run directory)")
+        out.append(json.loads(path.read_text()))
+    return out
+
+
+def aggregate(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group runs by config name; mean and sample std (n-1) over seeds of each test metric.
+
+    The figures are the test metrics of the epoch selected on validation.
+    """
+    groups: dict[str, list[dict]] = {}
+    for s in summaries:
+        groups.setdefault(s["name"], []).append(s)
+    rows = []
+    for name, runs in groups.items():
+        row: dict[str, Any] = {"name": name, "method": runs[0]["method"],
+                               "seeds": sorted(r["seed"] for r in runs)}
+        for key, _ in METRICS:
+            vals = [100.0 * r["test"][key] for r in runs]
+            row[key] = (mean(vals), stdev(vals) if len(vals) > 1 else 0.0)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table: run, method, seeds, then each metric as mean +- std (in %)."""
+    head = "| run | method | seeds | " + " | ".join(t for _, t in METRICS) + " |"
+    sep = "|---|---|---|" + "---|" * len(METRICS)
+    lines = [head, sep]
+    for r in rows:
+        cells = [f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k, _ in METRICS]
+        lines.append(f"| {r['name']} | {r['method']} | {len(r['seeds'])} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines)
