@@ -1,0 +1,10 @@
+"""Datasets, splits and transforms; ``DATASETS`` maps names to builders of :class:`RawData`."""
+from .base import (DATASETS, SPLIT_KEYS, DataBundle, MultimodalDataset, RawData, build_data,
+                   register_dataset, stratified_split)
+from .transforms import add_noise_snr
+
+# Explicit imports fill the registry (no file scanning).
+from . import mfeat, synthetic  # noqa: E402,F401
+
+__all__ = ["DATASETS", "SPLIT_KEYS", "DataBundle", "MultimodalDataset", "RawData", "build_data",
+           "register_dataset", "stratified_split", "add_noise_snr"]

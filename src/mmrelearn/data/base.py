@@ -1,0 +1,232 @@
+"""Datasets as dicts of modality tensors, stratified splits, and the one ``build_data`` entry.
+
+Every experiment gets its data through :func:`build_data`: a registered builder returns the
+whole dataset (:class:`RawData`); it is split train/val/test by class (optionally a holdout
+carved out of training), vector features are standardized with training statistics only, and
+optional noise degrades one modality. The same arguments give the same tensors for every method.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .transforms import apply_noise
+
+__all__ = ["MultimodalDataset", "RawData", "DataBundle", "DATASETS", "SPLIT_KEYS",
+           "register_dataset", "stratified_split", "build_data"]
+
+log = logging.getLogger(__name__)
+
+
+class MultimodalDataset(Dataset):
+    """Aligned per-modality tensors and labels; item ``i`` is ``({m: x_m[i]}, y[i])``.
+
+    With the default collate a batch is ``({m: (B, ...)}, labels (B,))``.
+    """
+
+    def __init__(self, inputs: Mapping[str, Tensor], labels: Tensor) -> None:
+        if not inputs:
+            raise ValueError("MultimodalDataset needs at least one modality")
+        if labels.dim() != 1:
+            raise ValueError(f"labels must be 1-D (N,), got shape {tuple(labels.shape)}")
+        n = labels.shape[0]
+        for m, x in inputs.items():
+            if x.dim() == 0 or x.shape[0] != n:
+                raise ValueError(f"modality {m!r} has {x.shape[0] if x.dim() else 0} samples, "
+                                 f"labels have {n}")
+        self.inputs = dict(inputs)
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor]:
+        return {m: x[i] for m, x in self.inputs.items()}, self.labels[i]
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modality names, in insertion order."""
+        return list(self.inputs)
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Modality -> shape of one sample (no batch dimension)."""
+        return {m: tuple(x.shape[1:]) for m, x in self.inputs.items()}
+
+    def subset(self, idx: Tensor) -> MultimodalDataset:
+        """A new dataset holding rows ``idx`` (int64 (n,)) of every tensor."""
+        return MultimodalDataset({m: x[idx] for m, x in self.inputs.items()}, self.labels[idx])
+
+
+@dataclass
+class RawData:
+    """A whole dataset before splitting: ``inputs[m]`` is (N, ...), ``labels`` int64 (N,)."""
+
+    inputs: dict[str, Tensor]
+    labels: Tensor
+    num_classes: int
+    class_names: Optional[list[str]] = None
+
+
+@dataclass
+class DataBundle:
+    """The splits of one experiment; ``holdout`` is a part of training set aside for a method."""
+
+    train: MultimodalDataset
+    val: MultimodalDataset
+    test: MultimodalDataset
+    num_classes: int
+    holdout: Optional[MultimodalDataset] = None
+    class_names: Optional[list[str]] = None
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.train.modalities
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.train.input_shapes
+
+
+#: name -> builder returning :class:`RawData`; filled by :func:`register_dataset`.
+DATASETS: dict[str, Callable[..., RawData]] = {}
+
+#: keys of a ``data`` config section consumed by :func:`build_data` itself (with defaults),
+#: as opposed to the options of the dataset builder. ``holdout_fraction`` comes from the method.
+SPLIT_KEYS: dict[str, Any] = {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0,
+                              "standardize": True, "noise": None}
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., RawData]], Callable[..., RawData]]:
+    """Decorator: record a dataset builder under ``name`` (the builder is returned unchanged)."""
+
+    def deco(fn: Callable[..., RawData]) -> Callable[..., RawData]:
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def stratified_split(labels: Tensor, fractions: Sequence[float], seed: int) -> list[Tensor]:
+    """Split sample indices into parts holding the same class proportions.
+
+    Per class c (ascending) with n_c samples, a permutation drawn from one generator seeded
+    with ``seed`` is cut at ``round(F_j * n_c)``, F_j the cumulative fraction of parts 0..j;
+    the last part takes the remainder.
+
+    Args:
+        labels: int (N,) class labels.
+        fractions: non-negative part sizes summing to 1.
+        seed: seed of the permutations.
+
+    Returns:
+        One sorted int64 index tensor per part; disjoint, together covering 0..N-1.
+    """
+    fractions = [float(f) for f in fractions]
+    if not fractions or any(f < 0 for f in fractions):
+        raise ValueError(f"fractions must be non-negative and non-empty, got {fractions}")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must sum to 1, got {fractions} (sum {sum(fractions)})")
+    gen = torch.Generator().manual_seed(seed)
+    parts: list[list[Tensor]] = [[] for _ in fractions]
+    cum, bounds = 0.0, []
+    for f in fractions[:-1]:
+        cum += f
+        bounds.append(cum)
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()  # (n_c,) ascending
+        members = members[torch.randperm(len(members), generator=gen)]
+        cuts = [0] + [min(round(b * len(members)), len(members)) for b in bounds] + [len(members)]
+        for j in range(len(fractions)):
+            parts[j].append(members[cuts[j]:max(cuts[j], cuts[j + 1])])
+    return [torch.sort(torch.cat(p)).values if p else torch.zeros(0, dtype=torch.long)
+            for p in parts]
+
+
+def _call_builder(name: str, seed: int, options: dict[str, Any]) -> RawData:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}")
+    builder = DATASETS[name]
+    params = inspect.signature(builder).parameters
+    if "seed" in params:  # a generated dataset takes the data seed
+        options = {**options, "seed": seed}
+    elif seed != 0:
+        raise ValueError(f"dataset {name!r} takes no seed (got seed={seed}); "
+                         f"valid options: {sorted(params)}")
+    unknown = sorted(set(options) - set(params))
+    missing = sorted(n for n, p in params.items()
+                     if p.default is inspect.Parameter.empty and n not in options)
+    if unknown or missing:
+        what = f"unknown option(s) {unknown}" if unknown else f"missing option(s) {missing}"
+        raise ValueError(f"dataset {name!r}: {what}; valid options: {sorted(params)}")
+    try:
+        return builder(**options)
+    except TypeError as err:  # a signature mismatch the check above could not see
+        raise ValueError(f"dataset {name!r}: {err}; valid options: {sorted(params)}") from err
+
+
+def _standardize(parts: dict[str, MultimodalDataset]) -> dict[str, MultimodalDataset]:
+    """(x - mean) / std for every vector modality; statistics from ``parts['train']`` only."""
+    train = parts["train"]
+    stats = {}
+    for m, x in train.inputs.items():
+        if x.dim() == 2:  # (N, D) vector features; images etc. are left alone
+            mean = x.mean(dim=0)  # (D,)
+            std = x.std(dim=0, unbiased=False) if len(x) > 0 else torch.ones_like(mean)
+            stats[m] = (mean, torch.where(std > 0, std, torch.ones_like(std)))
+    out = {}
+    for split, ds in parts.items():
+        inputs = {m: (x - stats[m][0]) / stats[m][1] if m in stats else x
+                  for m, x in ds.inputs.items()}
+        out[split] = MultimodalDataset(inputs, ds.labels)
+    return out
+
+
+def build_data(name: str, *, val_fraction: float, test_fraction: float, split_seed: int,
+               holdout_fraction: float = 0.0, standardize: bool = True,
+               noise: Optional[Mapping[str, Any]] = None, seed: int = 0,
+               **options: Any) -> DataBundle:
+    """Build, split, standardize and (optionally) degrade a registered dataset.
+
+    Args:
+        name: a key of :data:`DATASETS`.
+        val_fraction: fraction of every class going to validation.
+        test_fraction: fraction of every class going to test.
+        split_seed: seed of the train/val/test split (``split_seed + 1`` seeds the holdout).
+        holdout_fraction: fraction of the TRAINING part set aside as ``holdout`` (0: none).
+        standardize: z-score vector (1-D per sample) modalities with training statistics.
+        noise: ``{"modality", "snr_db", "seed"}``: Gaussian noise at that SNR on one modality
+            of every split (see :func:`mmrelearn.data.transforms.apply_noise`).
+        seed: seed of generated data, passed to builders that take a ``seed`` option.
+        **options: the builder's own options (e.g. ``modalities`` for mfeat).
+
+    Returns:
+        The :class:`DataBundle`; identical for identical arguments.
+    """
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    raw = _call_builder(name, seed, options)
+    full = MultimodalDataset(raw.inputs, raw.labels)
+    fracs = [1.0 - val_fraction - test_fraction, val_fraction, test_fraction]
+    train_idx, val_idx, test_idx = stratified_split(full.labels, fracs, split_seed)
+    index = {"train": train_idx, "val": val_idx, "test": test_idx}
+    if holdout_fraction > 0:
+        keep, hold = stratified_split(full.labels[train_idx],
+                                      [1.0 - holdout_fraction, holdout_fraction], split_seed + 1)
+        index["train"], index["holdout"] = train_idx[keep], train_idx[hold]
+    parts = {split: full.subset(idx) for split, idx in index.items()}
+    if standardize:
+        parts = _standardize(parts)
+    if noise is not None:
+        parts = apply_noise(parts, noise)
+    log.info("data %s: %s", name, {s: len(d) for s, d in parts.items()})
+    return DataBundle(parts["train"], parts["val"], parts["test"], raw.num_classes,
+                      holdout=parts.get("holdout"), class_names=raw.class_names)

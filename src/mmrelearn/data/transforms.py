@@ -1,0 +1,85 @@
+"""Data degradations: additive white Gaussian noise at a chosen signal-to-noise ratio."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .base import MultimodalDataset
+
+__all__ = ["add_noise_snr", "apply_noise", "NOISE_KEYS", "SPLIT_INDEX"]
+
+#: keys of a ``noise`` mapping -> default (``None``: required).
+NOISE_KEYS: dict[str, Any] = {"modality": None, "snr_db": None, "seed": 0}
+#: fixed index of each split in the noise seed, so one split's noise never depends on another.
+SPLIT_INDEX: dict[str, int] = {"train": 0, "val": 1, "test": 2, "holdout": 3}
+
+
+def add_noise_snr(x: Tensor, snr_db: float, generator: torch.Generator) -> Tensor:
+    """Add white Gaussian noise to each sample at signal-to-noise ratio ``snr_db``.
+
+    Per sample i, P_s(i) = mean of x_i^2 over all non-batch dims and the noise std is
+    sqrt(P_s(i) / 10^(snr_db / 10)), so 10 log10(P_s / P_n) = snr_db in expectation.
+
+    Args:
+        x: (N, ...) float samples.
+        snr_db: the signal-to-noise ratio in decibels.
+        generator: source of the N(0, 1) draws (same generator state -> same noise).
+
+    Returns:
+        A new tensor ``x + std * z``, z ~ N(0, I) of x's shape.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"add_noise_snr expects (N, ...) samples, got shape {tuple(x.shape)}")
+    power = x.pow(2).flatten(1).mean(dim=1)  # (N,) signal power per sample
+    std = torch.sqrt(power / 10.0 ** (snr_db / 10.0))  # (N,)
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x + std.view(-1, *([1] * (x.dim() - 1))) * z
+
+
+def _noise_options(noise: Mapping[str, Any], modalities: list[str]) -> dict[str, Any]:
+    unknown = sorted(set(noise) - set(NOISE_KEYS))
+    if unknown:
+        raise ValueError(f"noise: unknown key(s) {unknown}; valid keys: {sorted(NOISE_KEYS)}")
+    opts = {k: noise.get(k, d) for k, d in NOISE_KEYS.items()}
+    missing = sorted(k for k, v in opts.items() if v is None)
+    if missing:
+        raise ValueError(f"noise: missing key(s) {missing}; valid keys: {sorted(NOISE_KEYS)}")
+    if opts["modality"] not in modalities:
+        raise ValueError(f"noise.modality: {opts['modality']!r} is not one of {modalities}")
+    if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int) or opts["seed"] < 0:
+        raise ValueError(f"noise.seed: expected a non-negative int, got {opts['seed']!r}")
+    return opts
+
+
+def _split_generator(seed: int, split: str) -> torch.Generator:
+    # SeedSequence mixes (seed, split index) into one well-spread 63-bit seed.
+    state = np.random.SeedSequence([seed, SPLIT_INDEX[split]]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def apply_noise(parts: Mapping[str, MultimodalDataset],
+                noise: Mapping[str, Any]) -> dict[str, MultimodalDataset]:
+    """Degrade ``noise['modality']`` of every split with :func:`add_noise_snr`.
+
+    Args:
+        parts: split name (train/val/test/holdout) -> dataset.
+        noise: ``{"modality": str, "snr_db": float, "seed": int (default 0)}``.
+
+    Returns:
+        New datasets; split s uses a generator seeded from (seed, index of s), so the same
+        arguments always give the same noisy tensors.
+    """
+    from .base import MultimodalDataset  # base imports this module
+
+    modalities = next(iter(parts.values())).modalities
+    opts = _noise_options(noise, modalities)
+    m, out = opts["modality"], {}
+    for split, ds in parts.items():
+        gen = _split_generator(opts["seed"], split)
+        noisy = add_noise_snr(ds.inputs[m].float(), float(opts["snr_db"]), gen)
+        out[split] = MultimodalDataset({**ds.inputs, m: noisy}, ds.labels)
+    return out
