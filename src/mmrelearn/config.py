@@ -61,6 +61,7 @@ class TrainConfig:
     log_test_every_epoch: bool = True  # for curves only, never for selection
     monitor_purity: bool = False  # per-epoch train/val purity of every modality
     monitor_max_samples: Optional[int] = None
+    monitor_n_init: int = 1  # k-means restarts of the purity monitor
     deterministic: bool = True
     num_workers: int = 0
 

@@ -93,6 +93,8 @@ class DiagnosisReport:
     epoch: int
     applied: bool
     modalities: dict[str, ModalityDiagnosis] = field(default_factory=dict)
+    n_train: int = 0  # samples clustered per modality on the training split
+    n_val: int = 0  # ... and on the validation split
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,7 +246,8 @@ class DiagnoseRelearn:
         """Measure P_train, P_val, gap and alpha for every modality without changing anything."""
         f_train, y_train = self._extract(self.train_loader)
         f_val, y_val = self._extract(self.val_loader)
-        report = DiagnosisReport(epoch=epoch, applied=False)
+        report = DiagnosisReport(epoch=epoch, applied=False, n_train=int(y_train.numel()),
+                                 n_val=int(y_val.numel()))
         for m in self.encoders:
             kw = dict(seed=self.kmeans_seed, n_init=self.n_init, scale=self.scale)
             p_tr = cluster_purity(f_train[m], y_train, self.num_classes, **kw)

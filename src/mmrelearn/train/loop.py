@@ -154,8 +154,8 @@ class Trainer:
         f_tr, y_tr = extract_features(model.encoders, features, self.loaders["diag_train"], device, **kw)
         f_va, y_va = extract_features(model.encoders, features, self.loaders["val"], device, **kw)
         for m in model.encoders:
-            p_tr = cluster_purity(f_tr[m], y_tr, self.num_classes)
-            p_va = cluster_purity(f_va[m], y_va, self.num_classes)
+            p_tr = cluster_purity(f_tr[m], y_tr, self.num_classes, n_init=self.cfg.monitor_n_init)
+            p_va = cluster_purity(f_va[m], y_va, self.num_classes, n_init=self.cfg.monitor_n_init)
             out[m] = {"train": p_tr, "val": p_va, "gap": purity_gap(p_tr, p_va)}
         return out
 

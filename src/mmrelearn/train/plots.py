@@ -67,6 +67,10 @@ def plot_groups(groups: dict[str, Sequence[Path]], path: Union[str, Path],
         mean, std = _mean_curve(dirs, lambda r: r["val"]["acc"])
         x = np.arange(len(mean))
         line, = axes[0].plot(x, mean, label=label)
+        reinit = sorted({e for d in dirs for e in _reinit_epochs(read_jsonl(Path(d) / "metrics.jsonl"))})
+        for ax in axes:
+            for e in reinit:
+                ax.axvline(e, color=line.get_color(), ls=":", lw=1)
         axes[0].fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
         for ax, m in zip(axes[1:], modalities):
             g, _ = _mean_curve(dirs, lambda r, m=m: r["purity"][m]["gap"])
