@@ -170,3 +170,18 @@ def _index_of(split: str) -> torch.Tensor:
 
 def _rows_of(x: torch.Tensor, split: str) -> torch.Tensor:
     return x[_index_of(split)]
+
+
+def test_holdout_does_not_change_any_tensor():
+    """A method with a holdout sees the same standardised, noisy samples as one without."""
+    kw = dict(val_fraction=0.2, test_fraction=0.2, split_seed=0, num_samples=200,
+              num_classes=4, dims=[5, 3], noise={"modality": "m0", "snr_db": 0.0})
+    plain = build_data("synthetic", **kw)
+    held = build_data("synthetic", holdout_fraction=0.25, **kw)
+    assert len(held.train) + len(held.holdout) == len(plain.train)
+    rows = {tuple(x.tolist()) for x in plain.train.inputs["m0"]}
+    for part in (held.train, held.holdout):
+        assert all(tuple(x.tolist()) in rows for x in part.inputs["m0"])
+    for split in ("val", "test"):
+        for m in ("m0", "m1"):
+            assert torch.equal(getattr(plain, split).inputs[m], getattr(held, split).inputs[m])

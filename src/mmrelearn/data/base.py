@@ -202,7 +202,8 @@ def build_data(name: str, *, val_fraction: float, test_fraction: float, split_se
         test_fraction: fraction of every class going to test.
         split_seed: seed of the train/val/test split (``split_seed + 1`` seeds the holdout).
         holdout_fraction: fraction of the TRAINING part set aside as ``holdout`` (0: none).
-        standardize: z-score vector (1-D per sample) modalities with training statistics.
+        standardize: z-score vector (1-D per sample) modalities with statistics of the whole
+            training split (holdout included: it is training data, never val or test).
         noise: ``{"modality", "snr_db", "seed"}``: Gaussian noise at that SNR on one modality
             of every split (see :func:`mmrelearn.data.transforms.apply_noise`).
         seed: seed of generated data, passed to builders that take a ``seed`` option.
@@ -218,15 +219,17 @@ def build_data(name: str, *, val_fraction: float, test_fraction: float, split_se
     fracs = [1.0 - val_fraction - test_fraction, val_fraction, test_fraction]
     train_idx, val_idx, test_idx = stratified_split(full.labels, fracs, split_seed)
     index = {"train": train_idx, "val": val_idx, "test": test_idx}
-    if holdout_fraction > 0:
-        keep, hold = stratified_split(full.labels[train_idx],
-                                      [1.0 - holdout_fraction, holdout_fraction], split_seed + 1)
-        index["train"], index["holdout"] = train_idx[keep], train_idx[hold]
     parts = {split: full.subset(idx) for split, idx in index.items()}
+    # Standardisation and noise act on the whole training split BEFORE a method's holdout is
+    # carved out of it, so every method sees the very same tensors whatever its holdout.
     if standardize:
         parts = _standardize(parts)
     if noise is not None:
         parts = apply_noise(parts, noise)
+    if holdout_fraction > 0:
+        keep, hold = stratified_split(parts["train"].labels,
+                                      [1.0 - holdout_fraction, holdout_fraction], split_seed + 1)
+        parts["train"], parts["holdout"] = parts["train"].subset(keep), parts["train"].subset(hold)
     log.info("data %s: %s", name, {s: len(d) for s, d in parts.items()})
     return DataBundle(parts["train"], parts["val"], parts["test"], raw.num_classes,
                       holdout=parts.get("holdout"), class_names=raw.class_names)
