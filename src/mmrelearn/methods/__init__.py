@@ -5,3 +5,6 @@ from .base import METHODS, FitContext, Method, register_method
 from . import joint, dnr  # noqa: E402,F401
 
 __all__ = ["METHODS", "FitContext", "Method", "register_method"]
+from . import pmr  # noqa: E402,F401
+from . import gblending  # noqa: E402,F401
+from . import dnr_dagger  # noqa: E402,F401

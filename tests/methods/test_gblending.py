@@ -1,0 +1,164 @@
+"""G-Blending (online): blend weights by hand, the holdout, the extra heads, resume."""
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from mmrelearn.cli import main
+from mmrelearn.config import config_from_dict
+from mmrelearn.data import build_data
+from mmrelearn.methods.gblending import GBlending, blend_weights
+from mmrelearn.models import ModelOutput
+from mmrelearn.train import build_trainer, evaluate, train
+from mmrelearn.train import loop as loop_mod
+from mmrelearn.train.checkpoint import read_jsonl
+
+
+def _gb_raw(raw, **method):
+    raw["method"] = {"name": "gblending", **method}
+    raw["train"]["monitor_purity"] = False
+    return raw
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
+
+
+def test_blend_weights_by_hand():
+    # a: dG = 1.2 - 0.9 = 0.3; O: 0.2 -> 0.4, dO = 0.2; w = 0.3 / 0.04 = 7.5
+    # b: dG = 1.1 - 1.0 = 0.1; O: 0.1 -> 0.2, dO = 0.1; w = 0.1 / 0.01 = 10
+    w = blend_weights(train_start={"a": 1.0, "b": 1.0}, val_start={"a": 1.2, "b": 1.1},
+                      train_end={"a": 0.5, "b": 0.8}, val_end={"a": 0.9, "b": 1.0})
+    assert w == pytest.approx({"a": 7.5 / 17.5, "b": 10.0 / 17.5})
+    # c: the holdout loss grew (|dG| = 0.25) and O stayed 0.5: dO^2 floored at 1e-8
+    w = blend_weights(train_start={"a": 1.0, "c": 0.5}, val_start={"a": 1.2, "c": 1.0},
+                      train_end={"a": 0.5, "c": 0.75}, val_end={"a": 0.9, "c": 1.25})
+    wa, wc = 7.5, 0.25 / 1e-8
+    assert w == pytest.approx({"a": wa / (wa + wc), "c": wc / (wa + wc)})
+
+
+def test_loss_terms_are_weighted_per_head():
+    method = GBlending()
+    method.weights = {"fused": 0.5, "a": 0.3, "v": 0.2}
+    y = torch.tensor([0])
+    out = ModelOutput(logits=torch.tensor([[2.0, 0.0]]), features={},
+                      unimodal_logits={"a": torch.zeros(1, 2),
+                                       "v": torch.tensor([[0.0, math.log(3.0)]])})
+    terms = method.loss_terms(SimpleNamespace(epoch=0), out, y)
+    assert list(terms) == ["ce_fused", "ce_a", "ce_v"]
+    assert float(terms["ce_fused"]) == pytest.approx(0.5 * math.log(1 + math.exp(-2.0)))
+    assert float(terms["ce_a"]) == pytest.approx(0.3 * math.log(2.0))
+    assert float(terms["ce_v"]) == pytest.approx(0.2 * math.log(4.0))  # p[y] = 1 / (1 + 3)
+
+
+def test_holdout_comes_from_training_only(tiny_raw, tmp_path):
+    joint = copy.deepcopy(tiny_raw)
+    joint["method"] = {"name": "joint"}
+    tj = build_trainer(config_from_dict(joint), tmp_path / "j")
+    tg = build_trainer(config_from_dict(_gb_raw(tiny_raw, holdout=0.1)), tmp_path / "g")
+    size = lambda t, s: len(t.loaders[s].dataset)  # noqa: E731
+    assert size(tg, "train") + size(tg, "holdout") == size(tj, "train") == 120
+    assert size(tg, "holdout") == 12
+    assert all(size(tg, s) == size(tj, s) for s in ("val", "test"))
+    assert tg.ctx.holdout_loader is tg.loaders["holdout"]
+    # the same samples, unstandardised: holdout rows are training rows, never val/test rows
+    opts = {k: v for k, v in tiny_raw["data"].items() if k != "name"}
+    plain = build_data("synthetic", standardize=False, **opts)
+    held = build_data("synthetic", standardize=False, holdout_fraction=0.1, **opts)
+    rows = lambda ds: {tuple(r.tolist()) for r in ds.inputs["m0"]}  # noqa: E731
+    assert rows(held.holdout) | rows(held.train) == rows(plain.train)
+    assert not rows(held.holdout) & (rows(plain.val) | rows(plain.test))
+    assert rows(held.val) == rows(plain.val) and rows(held.test) == rows(plain.test)
+
+
+def test_estimate_leaves_the_real_run_untouched(tiny_raw, tmp_path):
+    trainer = build_trainer(config_from_dict(_gb_raw(tiny_raw, super_epoch=1)), tmp_path)
+    method, ctx = trainer.method, trainer.ctx
+    method.on_fit_start(ctx)
+    assert method.weights == pytest.approx({"fused": 1 / 3, "m0": 1 / 3, "m1": 1 / 3})
+    model_before = copy.deepcopy(trainer.model.state_dict())
+    rng, gen = torch.get_rng_state(), trainer.gen.get_state()
+    weights = method.estimate(ctx)
+    assert sum(weights.values()) == pytest.approx(1.0) and all(w >= 0 for w in weights.values())
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in model_before.items())
+    assert torch.equal(torch.get_rng_state(), rng) and torch.equal(trainer.gen.get_state(), gen)
+    assert not trainer.optimizer.state  # the real optimizer never stepped
+
+
+def test_extra_heads_train_but_inference_uses_the_fused_head(tiny_raw, tmp_path):
+    tiny_raw["train"]["epochs"] = 2
+    trainer = build_trainer(config_from_dict(_gb_raw(tiny_raw, super_epoch=1,
+                                                     estimate_first=False)), tmp_path)
+    heads0 = copy.deepcopy(trainer.model.unimodal_heads.state_dict())
+    trainer.fit()
+    heads = trainer.model.unimodal_heads
+    assert all(not torch.equal(v, heads.state_dict()[k]) for k, v in heads0.items())
+    reports = [r["gblending"] for r in read_jsonl(tmp_path / "reports.jsonl")]
+    assert reports[0]["weights"] == pytest.approx({"fused": 1 / 3, "m0": 1 / 3, "m1": 1 / 3})
+    assert "estimate" not in reports[0] and "estimate" in reports[1]  # epoch 1 % 1 == 0
+    assert reports[1]["weights"] == trainer.method.weights
+    args = (trainer.model, trainer.loaders["val"], trainer.device, trainer.num_classes)
+    before = evaluate(*args)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(torch.randn_like(p) * 10)
+    assert evaluate(*args) == before
+
+
+def test_resume_across_a_super_epoch_boundary(tiny_raw, tmp_path, monkeypatch):
+    raw = _gb_raw(tiny_raw, super_epoch=2)
+    raw["train"]["epochs"] = 3
+    full = train(config_from_dict(raw), run_dir=tmp_path / "full")
+    original = loop_mod.Trainer._train_epoch
+
+    # Crash in epoch 1: the resumed run needs the weights estimated at epoch 0 (state) and
+    # then crosses the boundary at epoch 2, where it must estimate exactly as the full run.
+    def crashing(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, epoch)
+
+    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(config_from_dict(raw), run_dir=tmp_path / "cut")
+    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", original)
+    resumed = train(run_dir=tmp_path / "cut", resume=True)
+    assert resumed["test"] == full["test"]
+    rf, rc = (read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("full", "cut"))
+    assert _strip(rf) == _strip(rc)
+    assert ["estimate" in r["report"]["gblending"] for r in rf] == [True, False, True]
+    assert rf[0]["report"] != rf[2]["report"]
+    wf, wc = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=False)
+              for d in ("full", "cut"))
+    assert all(torch.equal(wf["model"][k], wc["model"][k]) for k in wf["model"])
+    assert wf["method"] == wc["method"]
+
+
+def test_cli_end_to_end(tiny_raw, tmp_path):
+    raw = _gb_raw(tiny_raw, super_epoch=1, holdout=0.2)
+    raw["train"]["epochs"] = 2
+    cfg = tmp_path / "gb.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "-c", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run/summary.json").is_file()
+    records = read_jsonl(tmp_path / "run/metrics.jsonl")
+    assert set(records[0]["train"]) == {"ce_fused", "ce_m0", "ce_m1", "total"}
+
+
+def test_refusals(tiny_raw, tmp_path):
+    trainer = build_trainer(config_from_dict(_gb_raw(tiny_raw)), tmp_path / "a")
+    trainer.model.unimodal_heads = None
+    with pytest.raises(ValueError, match="unimodal_heads=True"):
+        trainer.fit()
+    trainer = build_trainer(config_from_dict(_gb_raw(tiny_raw)), tmp_path / "b")
+    trainer.ctx.holdout_loader = None
+    with pytest.raises(ValueError, match="holdout"):
+        trainer.fit()
+    assert not (tmp_path / "b/metrics.jsonl").exists()
+    with pytest.raises(ValueError, match="holdout"):
+        GBlending(holdout=0.0)
