@@ -92,7 +92,8 @@ class Trainer:
         path = self.ckpt_dir / "last.pt"
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: {path} does not exist (no epoch finished)")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        state = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
