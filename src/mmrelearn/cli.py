@@ -57,7 +57,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .report import aggregate, load_summaries, markdown_table
 
-    table = markdown_table(aggregate(load_summaries(args.run_dirs)))
+    table = markdown_table(aggregate(load_summaries(args.run_dirs)), time_reference="joint")
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

@@ -22,7 +22,7 @@ from .train import train
 from .train.checkpoint import atomic_write_text, read_jsonl
 from .train.plots import plot_groups
 
-__all__ = ["load_demo_spec", "run_demo"]
+__all__ = ["load_demo_spec", "run_comparison", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,17 @@ def _trajectory_lines(dirs: list[Path]) -> list[str]:
 
 def run_demo(out_dir: Path = Path("runs/demo"), seeds: int = 3, epochs: Optional[int] = None,
              progress: bool = True) -> str:
-    """Run every (variant, method, seed), write ``results.md`` and plots; return the report."""
-    spec = load_demo_spec()
+    """The main job: :func:`run_comparison` on the packaged demo specification."""
+    return run_comparison(load_demo_spec(), out_dir, seeds, epochs, progress)
+
+
+def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
+                   epochs: Optional[int] = None, progress: bool = True) -> str:
+    """Run every (variant, method, seed) of ``spec``, write ``results.md`` and plots.
+
+    ``spec`` has a ``base`` config, ``methods`` and ``variants`` (lists of dotted overrides),
+    a ``title`` and a description per variant. Returns the report text.
+    """
     out_dir = Path(out_dir)
     jobs = []
     for variant, var_over in spec["variants"].items():
@@ -79,17 +88,18 @@ def run_demo(out_dir: Path = Path("runs/demo"), seeds: int = 3, epochs: Optional
                     over.append(f"train.epochs={epochs}")
                 jobs.append((variant, method, out_dir / variant / method / f"seed{seed}",
                              apply_overrides(spec["base"], over)))
-    for variant, method, run_dir, raw in tqdm(jobs, desc="demo runs", disable=not progress):
+    for variant, method, run_dir, raw in tqdm(jobs, desc="runs", disable=not progress):
         _run_one(raw, run_dir)
     report = [spec.get("title", "mmrelearn demo"), ""]
-    modalities = spec["base"]["data"]["modalities"]
+    monitored = spec["base"].get("train", {}).get("monitor_purity", False)
+    modalities = spec["base"]["data"]["modalities"] if monitored else []
     for variant in spec["variants"]:
         groups = {m: [j[2] for j in jobs if j[0] == variant and j[1] == m] for m in spec["methods"]}
         dirs = [d for ds in groups.values() for d in ds]
         report += [f"## {variant}: {spec['descriptions'][variant]}", "",
                    "Test metrics (%) at the epoch selected on validation, mean ± std over seeds:",
-                   "", markdown_table(aggregate(load_summaries(dirs))), ""]
-        for method, ds in groups.items():
+                   "", markdown_table(aggregate(load_summaries(dirs)), time_reference="joint"), ""]
+        for method, ds in groups.items() if monitored else ():
             report += [f"Per-modality purity at the last epoch ({method}, mean over seeds):",
                        *_purity_lines(ds), ""]
         for method, ds in groups.items():

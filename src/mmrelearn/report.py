@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from statistics import mean, stdev
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 __all__ = ["load_summaries", "aggregate", "markdown_table"]
 
@@ -37,17 +37,27 @@ def aggregate(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for key, _ in METRICS:
             vals = [100.0 * r["test"][key] for r in runs]
             row[key] = (mean(vals), stdev(vals) if len(vals) > 1 else 0.0)
+        row["train_seconds"] = mean(r["train_seconds_total"] for r in runs)
         rows.append(row)
     return rows
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table: run, method, seeds, then each metric as mean +- std (in %)."""
-    head = "| run | method | seeds | " + " | ".join(t for _, t in METRICS) + " |"
-    sep = "|---|---|---|" + "---|" * len(METRICS)
-    lines = [head, sep]
+def markdown_table(rows: Sequence[dict[str, Any]], time_reference: Optional[str] = None) -> str:
+    """A markdown table: run, method, seeds, then each metric as mean +- std (in %).
+
+    With ``time_reference`` (a method name present in ``rows``), a last column gives each
+    row's mean training wall time relative to that method's, measured in the same session.
+    """
+    ref = None
+    if time_reference is not None:
+        ref = next((r["train_seconds"] for r in rows if r["method"] == time_reference), None)
+    titles = [t for _, t in METRICS] + ([f"time / {time_reference}"] if ref else [])
+    lines = ["| run | method | seeds | " + " | ".join(titles) + " |",
+             "|---|---|---|" + "---|" * len(titles)]
     for r in rows:
         cells = [f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k, _ in METRICS]
+        if ref:
+            cells.append(f"{r['train_seconds'] / ref:.2f}x")
         lines.append(f"| {r['name']} | {r['method']} | {len(r['seeds'])} | " + " | ".join(cells)
                      + " |")
     return "\n".join(lines)
