@@ -56,7 +56,7 @@ def _trajectory_lines(dirs: list[Path]) -> list[str]:
     """Each D&R diagnosis of each seed: epoch, then gap and alpha per modality."""
     lines = []
     for d in dirs:
-        for r in read_jsonl(d / "reports.jsonl"):
+        for r in (r for r in read_jsonl(d / "reports.jsonl") if "dnr" in r):
             cells = ", ".join(f"{m} P_tr {v['p_train']:.3f} P_val {v['p_val']:.3f} "
                               f"gap {v['gap']:.3f} alpha {v['alpha']:.3f}"
                               for m, v in r["dnr"]["modalities"].items())
@@ -103,7 +103,7 @@ def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
             report += [f"Per-modality purity at the last epoch ({method}, mean over seeds):",
                        *_purity_lines(ds), ""]
         for method, ds in groups.items():
-            if any((d / "reports.jsonl").is_file() for d in ds):
+            if any("dnr" in r for d in ds for r in read_jsonl(d / "reports.jsonl")):
                 report += [f"D&R diagnoses ({method}):", *_trajectory_lines(ds), ""]
         fig = plot_groups(groups, out_dir / f"{variant}_curves.png", modalities)
         report += [f"Curves: {fig}", ""]

@@ -112,7 +112,7 @@ def test_prototypes_momentum_and_absent_class_exact():
     batches += [({"a": big, "v": big}, torch.tensor([2]))] * 8  # never read: 10 batches, 15%
     model = _Identity().train()
     ctx = SimpleNamespace(model=model, num_classes=3, device=torch.device("cpu"),
-                          diag_train_loader=batches)
+                          train_loader=batches)
     method = PMR(momentum=0.2, proto_fraction=0.15)  # ceil(1.5) = 2 batches
     method.on_train_epoch_start(ctx)
     assert model.training  # mode restored
@@ -201,3 +201,16 @@ def test_refuses_a_single_modality(tiny_raw, tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
     with pytest.raises(ValueError, match="form"):
         PMR(form="other")
+
+
+def test_prototypes_see_every_class_on_class_sorted_splits(tiny_raw, tmp_path):
+    """The training split is stored sorted by class; the prototype batches must still cover
+    every class (they come from the shuffled loader, as in the authors' release)."""
+    from mmrelearn.config import config_from_dict
+    from mmrelearn.train import build_trainer
+
+    tiny_raw["method"] = {"name": "pmr", "proto_fraction": 0.25}
+    trainer = build_trainer(config_from_dict(tiny_raw), tmp_path)
+    trainer.method.on_train_epoch_start(trainer.ctx)
+    for protos in trainer.method.prototypes.values():
+        assert bool((protos.abs().sum(1) > 0).all())

@@ -61,9 +61,10 @@ class PMR(Method):
 
     Prototypes c_k^m (class means of z_m) are refreshed at the start of every epoch (the first
     refresh is before epoch 0) in eval mode without gradients, from the first
-    ``ceil(proto_fraction * n_batches)`` batches of ``ctx.diag_train_loader``: a fixed-order,
-    augmentation-free pass over the training split (the release used the shuffled training
-    loader). Momentum: ``c <- (1 - mu) c_new + mu c_old``; a class absent from those batches
+    ``ceil(proto_fraction * n_batches)`` batches of the shuffled training loader, as released
+    (a fixed-order pass would see the split sorted by class and miss most classes; the
+    loader's generator is part of the checkpoint, so a resumed run draws the same batches).
+    Momentum: ``c <- (1 - mu) c_new + mu c_old``; a class absent from those batches
     keeps its old prototype. Works with any fusion and any K >= 2.
 
     Args:
@@ -99,14 +100,14 @@ class PMR(Method):
 
     @torch.no_grad()
     def compute_prototypes(self, ctx: FitContext) -> dict[str, torch.Tensor]:
-        """Class means of z_m over the first batches of the fixed training pass (eval mode)."""
+        """Class means of z_m over the first batches of the shuffled training loader (eval mode)."""
         model, C = ctx.model, ctx.num_classes
-        n_use = math.ceil(self.proto_fraction * len(ctx.diag_train_loader))
+        n_use = math.ceil(self.proto_fraction * len(ctx.train_loader))
         was_training = model.training
         model.eval()
         sums: dict[str, torch.Tensor] = {}
         counts = torch.zeros(C, device=ctx.device)
-        for i, (inputs, y) in enumerate(ctx.diag_train_loader):
+        for i, (inputs, y) in enumerate(ctx.train_loader):
             if i >= n_use:
                 break
             y = y.to(ctx.device)
