@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fusion: str = "concat"  # concat | sum
+    fusion: str = "concat"  # concat | sum | mmtm
     fusion_dim: Optional[int] = None  # sum fusion only
     unimodal_heads: bool = False
 

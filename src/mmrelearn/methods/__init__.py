@@ -8,3 +8,6 @@ __all__ = ["METHODS", "FitContext", "Method", "register_method"]
 from . import pmr  # noqa: E402,F401
 from . import gblending  # noqa: E402,F401
 from . import dnr_dagger  # noqa: E402,F401
+from . import ogm_ge  # noqa: E402,F401
+from . import agm  # noqa: E402,F401
+from . import greedy  # noqa: E402,F401

@@ -9,11 +9,12 @@ from torch import nn
 
 from .fusion import FUSIONS, ConcatFusion, SumFusion
 from .mlp import MLPEncoder
+from .mmtm import MMTMModel
 from .multimodal import ModelOutput, MultimodalModel
 from .resnet import ResNet18Encoder
 
 __all__ = ["ModelOutput", "MultimodalModel", "build_model", "ENCODERS", "FUSIONS",
-           "MLPEncoder", "ResNet18Encoder", "ConcatFusion", "SumFusion"]
+           "MLPEncoder", "ResNet18Encoder", "ConcatFusion", "SumFusion", "MMTMModel"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ def build_model(
             this mapping is the order of the modalities in the model and the fusion.
         input_shapes: modality -> shape of one sample (no batch dimension), from the data.
         num_classes: number of classes.
-        fusion: a key of :data:`FUSIONS`.
+        fusion: a key of :data:`FUSIONS`, or ``"mmtm"``: MMTM mid-fusion between exactly two
+            resnet18 encoders with one head per branch (:class:`MMTMModel`; it always has
+            unimodal heads).
         fusion_dim: common size for ``"sum"`` fusion (default: the largest feature size).
         unimodal_heads: give every modality its own linear head as well.
 
@@ -69,15 +72,25 @@ def build_model(
     if no_spec or no_shape:
         raise ValueError(f"encoders and input_shapes must name the same modalities: "
                          f"no encoder spec for {no_spec}, no input shape for {no_shape}")
-    if fusion not in FUSIONS:
-        raise ValueError(f"unknown fusion {fusion!r}; valid fusions: {sorted(FUSIONS)}")
+    if fusion not in FUSIONS and fusion != "mmtm":
+        raise ValueError(f"unknown fusion {fusion!r}; valid fusions: "
+                         f"{sorted([*FUSIONS, 'mmtm'])}")
+    if fusion == "mmtm":
+        kinds = {m: spec.get("type") if isinstance(spec, Mapping) else None
+                 for m, spec in encoders.items()}
+        if len(kinds) != 2 or set(kinds.values()) != {"resnet18"}:
+            raise ValueError(f"fusion 'mmtm' needs exactly two resnet18 encoders (its MMTM "
+                             f"blocks sit between two ResNet-18 branches); got {kinds}")
     if fusion_dim is not None and fusion != "sum":
         raise ValueError(f"fusion_dim is only used by 'sum' fusion, not {fusion!r}")
     encs = nn.ModuleDict({m: _build_encoder(m, spec, input_shapes[m])
                           for m, spec in encoders.items()})
     dims = {m: e.out_dim for m, e in encs.items()}
-    fuse = SumFusion(dims, fusion_dim) if fusion == "sum" else FUSIONS[fusion](dims)
-    model = MultimodalModel(encs, fuse, num_classes, unimodal_heads=unimodal_heads)
+    if fusion == "mmtm":
+        model: MultimodalModel = MMTMModel(encs, num_classes)
+    else:
+        fuse = SumFusion(dims, fusion_dim) if fusion == "sum" else FUSIONS[fusion](dims)
+        model = MultimodalModel(encs, fuse, num_classes, unimodal_heads=unimodal_heads)
     logger.info("built model: %s",
                 ", ".join(f"{m}={sum(p.numel() for p in e.parameters()):,} params"
                           for m, e in encs.items()))
