@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -33,9 +33,11 @@ class KMeansResult:
     n_iter: int
 
 
-def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def _sq_dists(x: torch.Tensor, c: torch.Tensor, xx: Optional[torch.Tensor] = None) -> torch.Tensor:
     # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, (N, d) x (k, d) -> (N, k); clamp the rounding below 0.
-    d = (x * x).sum(1, keepdim=True) - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
+    if xx is None:
+        xx = (x * x).sum(1, keepdim=True)  # (N, 1), passed in by callers that loop
+    d = torch.addmm(xx + (c * c).sum(1)[None, :], x, c.T, alpha=-2.0)
     return d.clamp_min_(0.0)
 
 
@@ -44,7 +46,8 @@ def _kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     first = torch.randint(n, (1,), generator=gen, device=x.device)
     centers = [x[first[0]]]
-    closest = _sq_dists(x, centers[0][None, :])[:, 0]  # (N,)
+    xx = (x * x).sum(1, keepdim=True)  # (N, 1)
+    closest = _sq_dists(x, centers[0][None, :], xx)[:, 0]  # (N,)
     for _ in range(1, k):
         total = closest.sum()
         if total <= 0:  # every point coincides with a chosen centre (duplicates): pick uniformly
@@ -53,17 +56,18 @@ def _kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
             probs = closest / total
         idx = torch.multinomial(probs, 1, generator=gen)[0]
         centers.append(x[idx])
-        closest = torch.minimum(closest, _sq_dists(x, x[idx][None, :])[:, 0])
+        closest = torch.minimum(closest, _sq_dists(x, x[idx][None, :], xx)[:, 0])
     return torch.stack(centers)
 
 
 def _lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) -> KMeansResult:
     """Alternate the assignment (Eq. 1) and update (Eq. 2) steps until assignments settle."""
     k = centers.shape[0]
+    xx = (x * x).sum(1, keepdim=True)  # (N, 1)
     labels = None
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        d = _sq_dists(x, centers)
+        d = _sq_dists(x, centers, xx)
         new_labels = d.argmin(1)
         if labels is not None and torch.equal(new_labels, labels):
             break
@@ -79,9 +83,8 @@ def _lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) ->
         shift = ((new_centers - centers) ** 2).sum()
         centers = new_centers
         if shift <= tol:
-            labels = _sq_dists(x, centers).argmin(1)
             break
-    d = _sq_dists(x, centers)
+    d = _sq_dists(x, centers, xx)
     labels = d.argmin(1)
     inertia = float(d.gather(1, labels[:, None]).sum())
     return KMeansResult(labels=labels, centers=centers, inertia=inertia, n_iter=n_iter)
