@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 from mmrelearn.diagnose import (
     STRENGTH_FUNCTIONS,
@@ -21,6 +22,12 @@ from mmrelearn.diagnose import (
     purity_gap,
     reinit_strength,
 )
+
+
+def _sklearn_kmeans(x: torch.Tensor, k: int) -> KMeans:
+    # One thread: these inputs are tiny, and OpenMP threads spin badly on a busy 2-core CI box.
+    with threadpool_limits(limits=1):
+        return KMeans(n_clusters=k, n_init=10, random_state=0).fit(x.numpy())
 
 
 def _blobs(n: int, c: int, d: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +243,7 @@ def test_kmeans_errors():
 def test_kmeans_matches_sklearn_on_separable_blobs():
     x, y = _blobs(600, 6, 16, spread=10.0, seed=3)
     ours = kmeans(x, 6, n_init=10, seed=0)
-    sk = KMeans(n_clusters=6, n_init=10, random_state=0).fit(x.numpy())
+    sk = _sklearn_kmeans(x, 6)
     assert purity(ours.labels, y) == purity(torch.as_tensor(sk.labels_), y) == 1.0
     assert math.isclose(ours.inertia, sk.inertia_, rel_tol=1e-4)
 
@@ -246,7 +253,7 @@ def test_kmeans_close_to_sklearn_on_overlapping_blobs():
     # classes overlap heavily (purity ~ 0.7). Local optima differ, so compare within tolerances.
     x, y = _blobs(2000, 10, 32, spread=0.4, seed=0)
     ours = kmeans(x, 10, n_init=10, seed=0)
-    sk = KMeans(n_clusters=10, n_init=10, random_state=0).fit(x.numpy())
+    sk = _sklearn_kmeans(x, 10)
     p_ours, p_sk = purity(ours.labels, y), purity(torch.as_tensor(sk.labels_), y)
     assert 0.4 < p_sk < 0.95  # really overlapping, not trivially separable
     assert abs(p_ours - p_sk) <= 0.03

@@ -179,7 +179,7 @@ def _all_features(enc, loader, m):
 
 
 def test_should_act_schedule():
-    encoders, _, _, dr = _setup(every=2, max_times=2)
+    _, _, _, dr = _setup(every=2, max_times=2)
     assert not dr.should_act(0)  # t = 0 is skipped, as released
     acted = [t for t in range(10) if dr.step(t) is not None]
     assert acted == [2, 4] and dr.times_applied == 2
@@ -296,7 +296,7 @@ def test_state_dict_round_trip():
 
 
 def test_diagnosis_reads_only_the_two_loaders():
-    encoders, train, val, dr = _setup()
+    _, train, val, dr = _setup()
     test_loader = Sentinel()  # in scope, as in a training script, but never given to D&R
     report = dr.step(2)
     assert report is not None and (report.n_train, report.n_val) == (train.n, val.n)

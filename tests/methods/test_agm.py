@@ -15,8 +15,7 @@ from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.methods.agm import AGM, ScaleGrad, agm_coefficients, shapley_values
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
-from mmrelearn.train import build_trainer, train
-from mmrelearn.train import loop as loop_mod
+from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
 
 CPU = torch.device("cpu")
@@ -206,29 +205,10 @@ def test_clip_only_when_a_head_gradient_entry_leaves_unit_interval():
         assert norm() == before
 
 
-def test_resume_equals_uninterrupted(tiny_raw, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tiny_raw, tmp_path, resume_check):
     raw = _agm_raw(tiny_raw)
     raw["train"]["epochs"] = 4
-    full = train(config_from_dict(raw), run_dir=tmp_path / "full")
-    original = loop_mod.Trainer._train_epoch
-
-    def crashing(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(raw), run_dir=tmp_path / "cut")
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", original)
-    resumed = train(run_dir=tmp_path / "cut", resume=True)
-    assert resumed["test"] == full["test"]
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
-    assert strip(read_jsonl(tmp_path / "full/metrics.jsonl")) == strip(
-        read_jsonl(tmp_path / "cut/metrics.jsonl"))
-    wf, wc = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=False)
-              for d in ("full", "cut"))
-    assert all(torch.equal(wf["model"][k], wc["model"][k]) for k in wf["model"])
+    _, wf, _, wc = resume_check(raw, tmp_path, crash_epoch=2)
     assert wf["method"] == wc["method"] and wf["method"]["steps"] == 4 * 4  # 120 / 32 -> 4
 
 

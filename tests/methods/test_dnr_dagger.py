@@ -14,8 +14,7 @@ from mmrelearn.config import config_from_dict
 from mmrelearn.methods.dnr import DnR
 from mmrelearn.methods.dnr_dagger import DnRDagger
 from mmrelearn.models import ModelOutput
-from mmrelearn.train import build_trainer, train
-from mmrelearn.train import loop as loop_mod
+from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
 
 
@@ -74,29 +73,10 @@ def test_relearning_touches_encoders_only_not_the_unimodal_heads(tiny_raw, tmp_p
     assert not torch.equal(init["unimodal_heads.m1.weight"], after["unimodal_heads.m1.weight"])
 
 
-def test_resume_equals_uninterrupted(tiny_raw, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tiny_raw, tmp_path, resume_check):
     raw = _dagger_raw(tiny_raw)
     raw["train"]["epochs"] = 4
-    full = train(config_from_dict(raw), run_dir=tmp_path / "full")
-    original = loop_mod.Trainer._train_epoch
-
-    def crashing(self, epoch):  # after D&R acted at the end of epoch 2
-        if epoch == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(raw), run_dir=tmp_path / "cut")
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", original)
-    resumed = train(run_dir=tmp_path / "cut", resume=True)
-    assert resumed["test"] == full["test"]
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
-    assert strip(read_jsonl(tmp_path / "full/metrics.jsonl")) == strip(
-        read_jsonl(tmp_path / "cut/metrics.jsonl"))
-    wf, wc = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=False)
-              for d in ("full", "cut"))
-    assert all(torch.equal(wf["model"][k], wc["model"][k]) for k in wf["model"])
+    resume_check(raw, tmp_path, crash_epoch=3)  # after D&R acted at the end of epoch 2
 
 
 def test_cli_end_to_end(tiny_raw, tmp_path):

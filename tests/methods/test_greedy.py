@@ -16,8 +16,7 @@ from mmrelearn.data import DATASETS, RawData
 from mmrelearn.methods.base import FitContext
 from mmrelearn.methods.greedy import Greedy, learning_speed
 from mmrelearn.models import MMTMModel, ResNet18Encoder
-from mmrelearn.train import build_trainer, train
-from mmrelearn.train import loop as loop_mod
+from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
 
 RES = {"type": "resnet18", "width": 2, "small_input": True}
@@ -254,30 +253,10 @@ def _strip(records):
     return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
 
 
-def test_resume_equals_uninterrupted(images, tmp_path, monkeypatch):
-    full = train(config_from_dict(images), run_dir=tmp_path / "full")
-    original = loop_mod.Trainer._train_epoch
-
+def test_resume_equals_uninterrupted(images, tmp_path, resume_check):
     # Crash in epoch 2: the window opened at the last step of epoch 1 must carry over.
-    def crashing(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(images), run_dir=tmp_path / "cut")
-    cut = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=False)
-    assert cut["epoch"] == 1 and cut["method"]["remaining"] == 2
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", original)
-    resumed = train(run_dir=tmp_path / "cut", resume=True)
-    for key in ("best_epoch", "val", "test", "test_last_epoch"):
-        assert resumed[key] == full[key]
-    rf, rc = (read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("full", "cut"))
-    assert _strip(rf) == _strip(rc)
-    wf, wc = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=False)
-              for d in ("full", "cut"))
-    assert all(torch.equal(wf["model"][k], wc["model"][k]) for k in wf["model"])
+    _, wf, at_crash, wc = resume_check(images, tmp_path, crash_epoch=2)
+    assert at_crash["method"]["remaining"] == 2
     assert wf["method"] == wc["method"]
 
 

@@ -14,7 +14,6 @@ from mmrelearn.config import config_from_dict
 from mmrelearn.methods.ogm_ge import OGMGE, ogm_coefficients
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer, train
-from mmrelearn.train import loop as loop_mod
 from mmrelearn.train.checkpoint import read_jsonl
 
 CPU = torch.device("cpu")
@@ -167,31 +166,12 @@ def test_conv_only_false_scales_every_encoder_gradient():
                            before[f"encoders.v.{name}"])
 
 
-def test_resume_equals_uninterrupted(tiny_raw, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tiny_raw, tmp_path, resume_check):
     # MLP encoders have no conv kernels: conv_only=False so that GE noise really acts
     raw = _ogm_raw(tiny_raw, conv_only=False, ge=True, seed=5, modulation_ends=2)
     raw["train"]["epochs"] = 4
-    full = train(config_from_dict(raw), run_dir=tmp_path / "full")
-    original = loop_mod.Trainer._train_epoch
-
-    def crashing(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(raw), run_dir=tmp_path / "cut")
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", original)
-    resumed = train(run_dir=tmp_path / "cut", resume=True)
-    assert resumed["test"] == full["test"]
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
-    rf, rc = (strip(read_jsonl(tmp_path / d / "metrics.jsonl")) for d in ("full", "cut"))
-    assert rf == rc
+    rf, wf, _, wc = resume_check(raw, tmp_path, crash_epoch=2)
     assert [r["report"]["ogm_ge"]["modulated"] for r in rf] == [True, True, True, False]
-    wf, wc = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=False)
-              for d in ("full", "cut"))
-    assert all(torch.equal(wf["model"][k], wc["model"][k]) for k in wf["model"])
     assert torch.equal(wf["method"]["generator"], wc["method"]["generator"])
 
 

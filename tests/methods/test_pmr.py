@@ -13,8 +13,7 @@ from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.methods.pmr import PMR, pce_coefficients, prototype_logits, prototype_scores
 from mmrelearn.models import ModelOutput
-from mmrelearn.train import build_trainer, train
-from mmrelearn.train import loop as loop_mod
+from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
 
 
@@ -153,29 +152,10 @@ def test_pce_gradient_reaches_only_the_weaker_encoder(tiny_raw, tmp_path):
         assert p.grad is None or float(p.grad.abs().sum()) == 0.0
 
 
-def test_resume_equals_uninterrupted(tiny_raw, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tiny_raw, tmp_path, resume_check):
     raw = _pmr_raw(tiny_raw, momentum=0.5, form="paper", entropy_epochs=2)
     raw["train"]["epochs"] = 4
-    full = train(config_from_dict(raw), run_dir=tmp_path / "full")
-    original = loop_mod.Trainer._train_epoch
-
-    def crashing(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(raw), run_dir=tmp_path / "cut")
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", original)
-    resumed = train(run_dir=tmp_path / "cut", resume=True)
-    assert resumed["test"] == full["test"]
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
-    assert strip(read_jsonl(tmp_path / "full/metrics.jsonl")) == strip(
-        read_jsonl(tmp_path / "cut/metrics.jsonl"))
-    wf, wc = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=False)
-              for d in ("full", "cut"))
-    assert all(torch.equal(wf["model"][k], wc["model"][k]) for k in wf["model"])
+    _, wf, _, wc = resume_check(raw, tmp_path, crash_epoch=2)
     for m, p in wf["method"]["prototypes"].items():
         assert torch.equal(p, wc["method"]["prototypes"][m])
 

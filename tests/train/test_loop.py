@@ -9,7 +9,6 @@ import torch
 from mmrelearn.config import config_from_dict
 from mmrelearn.methods.base import Method
 from mmrelearn.train import NonFiniteLossError, RunExistsError, build_trainer, train
-from mmrelearn.train import loop as loop_mod
 from mmrelearn.train.checkpoint import read_jsonl
 
 
@@ -91,34 +90,10 @@ def test_other_seed_other_run(tiny_raw, tmp_path):
     assert a["name"] == b["name"]
 
 
-def test_resume_equals_uninterrupted(tiny_raw, tmp_path, monkeypatch):
-    full = train(config_from_dict(tiny_raw), run_dir=tmp_path / "full")
-
-    # Crash in the middle of epoch 3 (after D&R acted at epoch 2): the run directory keeps
-    # the checkpoint of epoch 2 and no summary.
-    original = loop_mod.Trainer._train_epoch
-
-    def crashing(self, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(tiny_raw), run_dir=tmp_path / "cut")
-    assert not (tmp_path / "cut/summary.json").exists()
-    assert torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=False)["epoch"] == 2
-    monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", original)
-
-    resumed = train(run_dir=tmp_path / "cut", resume=True)
-    for key in ("best_epoch", "val", "test", "test_last_epoch"):
-        assert resumed[key] == full[key]
-    rf, rc = (read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("full", "cut"))
-    assert _strip_time(rf) == _strip_time(rc)
-    assert read_jsonl(tmp_path / "full/reports.jsonl") == read_jsonl(tmp_path / "cut/reports.jsonl")
-    wf = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=False)
-    wc = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=False)
-    assert all(torch.equal(wf["model"][k], wc["model"][k]) for k in wf["model"])
+def test_resume_equals_uninterrupted(tiny_raw, resume_check, tmp_path):
+    # Crash in the middle of epoch 3, after D&R acted at epoch 2: the run directory keeps the
+    # checkpoint of epoch 2 and no summary; the resumed run ends as the uninterrupted one.
+    _, wf, _, wc = resume_check(tiny_raw, tmp_path, crash_epoch=3)
     assert wf["method"]["times_applied"] == wc["method"]["times_applied"] == 2
 
 
