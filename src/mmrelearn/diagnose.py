@@ -42,21 +42,26 @@ def _sq_dists(x: torch.Tensor, c: torch.Tensor, xx: Optional[torch.Tensor] = Non
 
 
 def _kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii, 2007): centres drawn with prob. ~ D(x)^2."""
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii, 2007), as scikit-learn does it.
+
+    Each new centre is the best (lowest resulting potential) of ``2 + ln k`` candidates drawn
+    with probability proportional to D(x)^2.
+    """
     n = x.shape[0]
+    trials = 2 + int(math.log(k))
+    xx = (x * x).sum(1, keepdim=True)  # (N, 1)
     first = torch.randint(n, (1,), generator=gen, device=x.device)
     centers = [x[first[0]]]
-    xx = (x * x).sum(1, keepdim=True)  # (N, 1)
     closest = _sq_dists(x, centers[0][None, :], xx)[:, 0]  # (N,)
     for _ in range(1, k):
         total = closest.sum()
-        if total <= 0:  # every point coincides with a chosen centre (duplicates): pick uniformly
-            probs = torch.ones_like(closest)
-        else:
-            probs = closest / total
-        idx = torch.multinomial(probs, 1, generator=gen)[0]
-        centers.append(x[idx])
-        closest = torch.minimum(closest, _sq_dists(x, x[idx][None, :], xx)[:, 0])
+        # all points on chosen centres (duplicates): draw uniformly
+        probs = closest / total if total > 0 else torch.ones_like(closest)
+        cand = torch.multinomial(probs, trials, replacement=True, generator=gen)  # (trials,)
+        d_cand = torch.minimum(closest[None, :], _sq_dists(x, x[cand], xx).T)  # (trials, N)
+        best = int(d_cand.sum(1).argmin())
+        centers.append(x[cand[best]])
+        closest = d_cand[best]
     return torch.stack(centers)
 
 
