@@ -55,9 +55,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .report import aggregate, load_summaries, markdown_table
+    from .report import aggregate, load_summaries, markdown_table, paper_table
 
-    table = markdown_table(aggregate(load_summaries(args.run_dirs)), time_reference="joint")
+    rows = aggregate(load_summaries(args.run_dirs))
+    if args.layout == "paper":
+        table = paper_table(rows)
+    else:
+        table = markdown_table(rows, time_reference="joint")
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")
@@ -93,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="markdown table (mean ± std over seeds) of finished runs")
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--out", help="also write the table to this file")
+    c.add_argument("--layout", choices=["runs", "paper"], default="runs",
+                   help="runs: a row per run name (default); paper: a row per method and a "
+                        "column group per data setting, as the paper's Tables 1 and 4")
     c.set_defaults(func=_cmd_compare)
 
     d = sub.add_parser("demo", help="joint training vs D&R on real mfeat data (clean and noisy)")

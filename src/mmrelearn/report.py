@@ -6,7 +6,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Optional, Sequence, Union
 
-__all__ = ["load_summaries", "aggregate", "markdown_table"]
+__all__ = ["load_summaries", "aggregate", "markdown_table", "paper_table"]
 
 METRICS = (("acc", "Acc"), ("macro_f1", "Macro F1"), ("weighted_f1", "Weighted F1"))
 
@@ -60,4 +60,30 @@ def markdown_table(rows: Sequence[dict[str, Any]], time_reference: Optional[str]
             cells.append(f"{r['train_seconds'] / ref:.2f}x")
         lines.append(f"| {r['name']} | {r['method']} | {len(r['seeds'])} | " + " | ".join(cells)
                      + " |")
+    return "\n".join(lines)
+
+
+def paper_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The layout of the paper's Tables 1 and 4: one row per method, one column group per data
+    setting (the run name without its ``-<method>`` suffix), each Acc / Macro F1 / Weighted F1
+    as mean ± std (in %). A method not run on a setting gets ``-``.
+    """
+    settings: list[str] = []
+    cells: dict[tuple[str, str], dict] = {}
+    methods: list[str] = []
+    for r in rows:
+        suffix = f"-{r['method']}"
+        setting = r["name"][: -len(suffix)] if r["name"].endswith(suffix) else r["name"]
+        settings += [setting] if setting not in settings else []
+        methods += [r["method"]] if r["method"] not in methods else []
+        cells[(r["method"], setting)] = r
+    head = "| Method | " + " | ".join(f"{s} {t}" for s in settings for _, t in METRICS) + " |"
+    lines = [head, "|---|" + "---|" * (len(settings) * len(METRICS))]
+    for m in methods:
+        vals = []
+        for s in settings:
+            r = cells.get((m, s))
+            vals += ([f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k, _ in METRICS] if r
+                     else ["-"] * len(METRICS))
+        lines.append(f"| {m} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
