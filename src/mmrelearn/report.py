@@ -46,7 +46,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], time_reference: Optional[str]
     """A markdown table: run, method, seeds, then each metric as mean +- std (in %).
 
     With ``time_reference`` (a method name present in ``rows``), a last column gives each
-    row's mean training wall time relative to that method's, measured in the same session.
+    row's mean training wall time relative to that method's (compare runs timed together).
     """
     ref = None
     if time_reference is not None:
