@@ -78,3 +78,19 @@ def test_max_times_caps_reinit(tiny_raw, tmp_path):
     tiny_raw["method"].update(every=1, max_times=2)
     _trainer(tiny_raw, tmp_path).fit()
     assert [r["epoch"] for r in read_jsonl(tmp_path / "reports.jsonl")] == [1, 2]
+
+
+def test_three_modalities_with_sum_fusion(tiny_raw, tmp_path):
+    tiny_raw["data"].update(dims=[6, 6, 6], separations=[3.0, 1.0, 0.3])
+    tiny_raw["model"] = {"fusion": "sum", "fusion_dim": 8,
+                         "encoders": {m: {"type": "mlp", "hidden": [16]} for m in ("m0", "m1", "m2")}}
+    tiny_raw["train"]["epochs"] = 3
+    trainer = _trainer(tiny_raw, tmp_path)
+    fusion_before = copy.deepcopy(trainer.model.fusion.state_dict())
+    trainer.fit()
+    (report,) = read_jsonl(tmp_path / "reports.jsonl")
+    assert report["epoch"] == 2 and set(report["dnr"]["modalities"]) == {"m0", "m1", "m2"}
+    assert all(0.0 <= d["alpha"] <= 1.0 for d in report["dnr"]["modalities"].values())
+    # the fusion is trained by SGD but never re-initialised: it moved, and not toward init
+    assert any(not torch.equal(fusion_before[k], v)
+               for k, v in trainer.model.fusion.state_dict().items())
