@@ -23,6 +23,8 @@ __all__ = [
     "DiagnoseRelearn",
     "default_features",
     "extract_features",
+    "measure_purities",
+    "model_features",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,16 @@ def default_features(encoders: Mapping[str, nn.Module], device: torch.device) ->
     return features
 
 
+def model_features(model: nn.Module, device: torch.device) -> FeatureFn:
+    """Feature function through ``model.encode`` (so mid-fusion models give their features)."""
+
+    def features(batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        inputs, labels = batch
+        return model.encode({m: x.to(device) for m, x in inputs.items()}), labels
+
+    return features
+
+
 @torch.no_grad()
 def extract_features(
     encoders: Mapping[str, nn.Module],
@@ -150,6 +162,33 @@ def extract_features(
         keep = torch.randperm(y.numel(), generator=gen)[:max_samples].to(y.device)
         out, y = {m: v[keep] for m, v in out.items()}, y[keep]
     return out, y
+
+
+def measure_purities(
+    encoders: Mapping[str, nn.Module],
+    features: FeatureFn,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    num_classes: int,
+    device: torch.device,
+    *,
+    n_init: int = 1,
+    seed: int = 0,
+    scale: str = "minmax",
+    max_samples: Optional[int] = None,
+    sample_seed: int = 0,
+) -> tuple[dict[str, tuple[float, float]], int, int]:
+    """P_train and P_val (Eq. 3) of every modality; also the numbers of samples clustered.
+
+    Returns ``({modality: (p_train, p_val)}, n_train, n_val)``.
+    """
+    kw = dict(max_samples=max_samples, sample_seed=sample_seed)
+    f_tr, y_tr = extract_features(encoders, features, train_loader, device, **kw)
+    f_va, y_va = extract_features(encoders, features, val_loader, device, **kw)
+    km = dict(seed=seed, n_init=n_init, scale=scale)
+    out = {m: (cluster_purity(f_tr[m], y_tr, num_classes, **km),
+               cluster_purity(f_va[m], y_va, num_classes, **km)) for m in encoders}
+    return out, int(y_tr.numel()), int(y_va.numel())
 
 
 class DiagnoseRelearn:
@@ -238,20 +277,14 @@ class DiagnoseRelearn:
         capped = self.max_times is not None and self.times_applied >= self.max_times
         return epoch > 0 and epoch % self.every == 0 and not capped
 
-    def _extract(self, loader: Iterable) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return extract_features(self.encoders, self.features, loader, self.device,
-                                max_samples=self.max_samples, sample_seed=self.sample_seed)
-
     def diagnose(self, epoch: int = -1) -> DiagnosisReport:
         """Measure P_train, P_val, gap and alpha for every modality without changing anything."""
-        f_train, y_train = self._extract(self.train_loader)
-        f_val, y_val = self._extract(self.val_loader)
-        report = DiagnosisReport(epoch=epoch, applied=False, n_train=int(y_train.numel()),
-                                 n_val=int(y_val.numel()))
-        for m in self.encoders:
-            kw = dict(seed=self.kmeans_seed, n_init=self.n_init, scale=self.scale)
-            p_tr = cluster_purity(f_train[m], y_train, self.num_classes, **kw)
-            p_va = cluster_purity(f_val[m], y_val, self.num_classes, **kw)
+        purities, n_train, n_val = measure_purities(
+            self.encoders, self.features, self.train_loader, self.val_loader, self.num_classes,
+            self.device, n_init=self.n_init, seed=self.kmeans_seed, scale=self.scale,
+            max_samples=self.max_samples, sample_seed=self.sample_seed)
+        report = DiagnosisReport(epoch=epoch, applied=False, n_train=n_train, n_val=n_val)
+        for m, (p_tr, p_va) in purities.items():
             gap = purity_gap(p_tr, p_va)
             alpha = reinit_strength(gap, self.lam, self.strength)
             report.modalities[m] = ModalityDiagnosis(p_tr, p_va, gap, alpha)

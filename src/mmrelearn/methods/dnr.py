@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..relearn import DiagnoseRelearn
+from ..relearn import DiagnoseRelearn, model_features
 from .base import FitContext, Method, register_method
 
 
@@ -49,17 +49,12 @@ class DnR(Method):
         self._pending_state: Optional[Mapping[str, Any]] = None
 
     def on_fit_start(self, ctx: FitContext) -> None:
-        model, device = ctx.model, ctx.device
-
-        def features(batch):
-            inputs, labels = batch
-            return model.encode({m: x.to(device) for m, x in inputs.items()}), labels
-
         # theta_init: the encoders as they are when training starts (right after seeded
         # construction); on resume the saved snapshot replaces it below.
         self.dr = DiagnoseRelearn(
-            model.encoders, ctx.num_classes, ctx.diag_train_loader, ctx.val_loader,
-            features=features, optimizer=ctx.optimizer, device=device, **self.options)
+            ctx.model.encoders, ctx.num_classes, ctx.diag_train_loader, ctx.val_loader,
+            features=model_features(ctx.model, ctx.device), optimizer=ctx.optimizer,
+            device=ctx.device, **self.options)
         if self._pending_state is not None:
             self.dr.load_state_dict(self._pending_state)
             self._pending_state = None

@@ -13,11 +13,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..diagnose import cluster_purity, purity_gap
+from ..diagnose import purity_gap
 from ..methods.base import FitContext, Method
-from ..relearn import extract_features
-from .checkpoint import (append_jsonl, atomic_save, rng_state, set_rng_state,
-                         truncate_jsonl)
+from ..relearn import measure_purities, model_features
+from .checkpoint import (
+    append_jsonl,
+    atomic_save,
+    rng_state,
+    set_rng_state,
+    truncate_jsonl,
+)
 from .metrics import classification_metrics
 
 __all__ = ["Trainer", "NonFiniteLossError", "evaluate"]
@@ -144,21 +149,13 @@ class Trainer:
         return means
 
     def _monitor_purity(self) -> dict[str, dict[str, float]]:
-        model, device = self.model, self.device
-
-        def features(batch):
-            inputs, labels = batch
-            return model.encode(_to(inputs, device)), labels
-
-        out = {}
-        kw = dict(max_samples=self.cfg.monitor_max_samples)
-        f_tr, y_tr = extract_features(model.encoders, features, self.loaders["diag_train"], device, **kw)
-        f_va, y_va = extract_features(model.encoders, features, self.loaders["val"], device, **kw)
-        for m in model.encoders:
-            p_tr = cluster_purity(f_tr[m], y_tr, self.num_classes, n_init=self.cfg.monitor_n_init)
-            p_va = cluster_purity(f_va[m], y_va, self.num_classes, n_init=self.cfg.monitor_n_init)
-            out[m] = {"train": p_tr, "val": p_va, "gap": purity_gap(p_tr, p_va)}
-        return out
+        """Every modality's train/val purity and gap now (logging only; changes nothing)."""
+        purities, _, _ = measure_purities(
+            self.model.encoders, model_features(self.model, self.device),
+            self.loaders["diag_train"], self.loaders["val"], self.num_classes, self.device,
+            n_init=self.cfg.monitor_n_init, max_samples=self.cfg.monitor_max_samples)
+        return {m: {"train": p_tr, "val": p_va, "gap": purity_gap(p_tr, p_va)}
+                for m, (p_tr, p_va) in purities.items()}
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
