@@ -126,12 +126,15 @@ def check_type(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def check_kwargs(section: str, kwargs: Mapping[str, Any], target: Callable) -> dict[str, Any]:
-    """Check ``kwargs`` against ``target``'s signature; return them with defaults filled in."""
+def check_kwargs(section: str, kwargs: Mapping[str, Any], target: Callable,
+                 skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check ``kwargs`` against ``target``'s signature (less ``skip``, arguments the caller
+    fills itself); return them with defaults filled in."""
     sig = inspect.signature(target)
     hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     params = {n: p for n, p in sig.parameters.items()
-              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"}
+              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+              and n != "self" and n not in skip}
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         raise ConfigError(f"{section}: unknown key(s) {unknown}; valid keys: {sorted(params)}")
@@ -216,23 +219,8 @@ def _named_section(section: str, raw: Mapping[str, Any], registry: Mapping[str, 
     for s in skip:
         if s in raw:
             raise ConfigError(f"{section}: {s!r} is set from the data, not the config")
-    kwargs = check_kwargs(section, raw, _without(target, skip))
+    kwargs = check_kwargs(section, raw, target, skip)
     return {name_key: name, **fixed, **kwargs}
-
-
-def _without(target: Callable, skip: tuple[str, ...]) -> Callable:
-    if not skip:
-        return target
-    sig = inspect.signature(target)
-    params = [p for n, p in sig.parameters.items() if n not in skip and n != "self"]
-    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-
-    def shim(**kwargs):  # a stand-in carrying the reduced signature for checking only
-        return kwargs
-
-    shim.__signature__ = sig.replace(parameters=params)
-    shim.__annotations__ = {k: v for k, v in hints.items() if k not in skip}
-    return shim
 
 
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:

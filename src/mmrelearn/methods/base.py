@@ -28,7 +28,7 @@ from torch import nn
 
 from ..models import ModelOutput
 
-__all__ = ["FitContext", "Method", "METHODS", "register_method"]
+__all__ = ["FitContext", "Method", "METHODS", "register_method", "require_unimodal_heads"]
 
 Batch = tuple[Mapping[str, torch.Tensor], torch.Tensor]
 
@@ -97,6 +97,13 @@ class Method:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+def require_unimodal_heads(model: nn.Module, method: str) -> None:
+    """Refuse (ValueError) a model without one linear head per modality."""
+    if getattr(model, "unimodal_heads", None) is None:
+        raise ValueError(f"{method} needs one linear head per modality; build the model with "
+                         f"unimodal_heads=True (the method's model_overrides asks for it)")
 
 
 METHODS: dict[str, type[Method]] = {}

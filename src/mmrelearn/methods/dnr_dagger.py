@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import ModelOutput
-from .base import FitContext, register_method
+from .base import FitContext, register_method, require_unimodal_heads
 from .dnr import DnR
 
 __all__ = ["DnRDagger"]
@@ -26,9 +26,7 @@ class DnRDagger(DnR):
         return {"unimodal_heads": True}
 
     def on_fit_start(self, ctx: FitContext) -> None:
-        if getattr(ctx.model, "unimodal_heads", None) is None:
-            raise ValueError("dnr_dagger needs one linear head per modality; build the model "
-                             "with unimodal_heads=True (model_overrides asks for it)")
+        require_unimodal_heads(ctx.model, "dnr_dagger")
         super().on_fit_start(ctx)
 
     def loss_terms(self, ctx: FitContext, output: ModelOutput,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import ModelOutput
-from .base import FitContext, Method, register_method
+from .base import FitContext, Method, register_method, require_unimodal_heads
 
 __all__ = ["GBlending", "blend_weights", "head_logits"]
 
@@ -102,9 +102,7 @@ class GBlending(Method):
         return {"unimodal_heads": True}
 
     def on_fit_start(self, ctx: FitContext) -> None:
-        if getattr(ctx.model, "unimodal_heads", None) is None:
-            raise ValueError("gblending needs one linear head per modality; build the model "
-                             "with unimodal_heads=True (model_overrides asks for it)")
+        require_unimodal_heads(ctx.model, "gblending")
         if ctx.holdout_loader is None:
             raise ValueError("gblending needs ctx.holdout_loader (a held-out part of the "
                              "training split); the data were built without a holdout")
