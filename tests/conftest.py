@@ -74,3 +74,21 @@ def resume_check(monkeypatch):
         return rf, wf, at_crash, wc
 
     return check
+
+
+@pytest.fixture
+def cli_train():
+    """``cli_train(raw, run_dir)``: write ``raw`` as YAML, run ``mmrelearn train`` on it into
+    ``run_dir`` through the CLI entry point, and check it finished."""
+    import yaml
+
+    from mmrelearn.cli import main
+
+    def run(raw, run_dir):
+        cfg = run_dir.parent / f"{run_dir.name}.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        assert main(["train", "-c", str(cfg), "--run-dir", str(run_dir)]) == 0
+        assert (run_dir / "summary.json").is_file()
+        return run_dir
+
+    return run

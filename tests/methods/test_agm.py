@@ -8,10 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.methods.agm import AGM, ScaleGrad, agm_coefficients, shapley_values
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
@@ -212,13 +210,10 @@ def test_resume_equals_uninterrupted(tiny_raw, tmp_path, resume_check):
     assert wf["method"] == wc["method"] and wf["method"]["steps"] == 4 * 4  # 120 / 32 -> 4
 
 
-def test_cli_end_to_end(tiny_raw, tmp_path):
+def test_cli_end_to_end(tiny_raw, tmp_path, cli_train):
     raw = _agm_raw(tiny_raw)
     raw["train"]["epochs"] = 2
-    cfg = tmp_path / "agm.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    assert main(["train", "-c", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
-    assert (tmp_path / "run/summary.json").is_file()
+    cli_train(raw, tmp_path / "run")
     reports = read_jsonl(tmp_path / "run/reports.jsonl")
     assert [r["epoch"] for r in reports] == [0, 1]
     assert set(reports[-1]["agm"]["k_mean"]) == {"m0", "m1"}

@@ -7,9 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 
-from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.methods.dnr import DnR
 from mmrelearn.methods.dnr_dagger import DnRDagger
@@ -79,13 +77,10 @@ def test_resume_equals_uninterrupted(tiny_raw, tmp_path, resume_check):
     resume_check(raw, tmp_path, crash_epoch=3)  # after D&R acted at the end of epoch 2
 
 
-def test_cli_end_to_end(tiny_raw, tmp_path):
+def test_cli_end_to_end(tiny_raw, tmp_path, cli_train):
     raw = _dagger_raw(tiny_raw, every=1)
     raw["train"]["epochs"] = 3
-    cfg = tmp_path / "dagger.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    assert main(["train", "-c", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
-    assert (tmp_path / "run/summary.json").is_file()
+    cli_train(raw, tmp_path / "run")
     assert [r["epoch"] for r in read_jsonl(tmp_path / "run/reports.jsonl")] == [1, 2]
     records = read_jsonl(tmp_path / "run/metrics.jsonl")
     assert set(records[0]["train"]) == {"ce", "ce_m0", "ce_m1", "total"}

@@ -7,9 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 
-from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.data import build_data
 from mmrelearn.methods.gblending import GBlending, blend_weights
@@ -120,13 +118,10 @@ def test_resume_across_a_super_epoch_boundary(tiny_raw, tmp_path, resume_check):
     assert wf["method"] == wc["method"]
 
 
-def test_cli_end_to_end(tiny_raw, tmp_path):
+def test_cli_end_to_end(tiny_raw, tmp_path, cli_train):
     raw = _gb_raw(tiny_raw, super_epoch=1, holdout=0.2)
     raw["train"]["epochs"] = 2
-    cfg = tmp_path / "gb.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    assert main(["train", "-c", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
-    assert (tmp_path / "run/summary.json").is_file()
+    cli_train(raw, tmp_path / "run")
     records = read_jsonl(tmp_path / "run/metrics.jsonl")
     assert set(records[0]["train"]) == {"ce_fused", "ce_m0", "ce_m1", "total"}
 

@@ -6,10 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
-from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.methods.ogm_ge import OGMGE, ogm_coefficients
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
@@ -175,13 +173,10 @@ def test_resume_equals_uninterrupted(tiny_raw, tmp_path, resume_check):
     assert torch.equal(wf["method"]["generator"], wc["method"]["generator"])
 
 
-def test_cli_end_to_end(tiny_raw, tmp_path):
+def test_cli_end_to_end(tiny_raw, tmp_path, cli_train):
     raw = _ogm_raw(tiny_raw, conv_only=False)
     raw["train"]["epochs"] = 2
-    cfg = tmp_path / "ogm.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    assert main(["train", "-c", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
-    assert (tmp_path / "run/summary.json").is_file()
+    cli_train(raw, tmp_path / "run")
     reports = read_jsonl(tmp_path / "run/reports.jsonl")
     assert [r["epoch"] for r in reports] == [0, 1]
     for r in reports:

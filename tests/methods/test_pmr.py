@@ -6,10 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
-from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.methods.pmr import PMR, pce_coefficients, prototype_logits, prototype_scores
 from mmrelearn.models import ModelOutput
@@ -160,13 +158,10 @@ def test_resume_equals_uninterrupted(tiny_raw, tmp_path, resume_check):
         assert torch.equal(p, wc["method"]["prototypes"][m])
 
 
-def test_cli_end_to_end(tiny_raw, tmp_path):
+def test_cli_end_to_end(tiny_raw, tmp_path, cli_train):
     raw = _pmr_raw(tiny_raw, form="paper", entropy_epochs=1)
     raw["train"]["epochs"] = 2
-    cfg = tmp_path / "pmr.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    assert main(["train", "-c", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
-    assert (tmp_path / "run/summary.json").is_file()
+    cli_train(raw, tmp_path / "run")
     records = read_jsonl(tmp_path / "run/metrics.jsonl")
     assert set(records[0]["train"]) == {"ce", "pce", "entropy", "total"}
 
