@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from importlib import resources
 from pathlib import Path
 from statistics import mean
@@ -88,8 +89,11 @@ def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
                     over.append(f"train.epochs={epochs}")
                 jobs.append((variant, method, out_dir / variant / method / f"seed{seed}",
                              apply_overrides(spec["base"], over)))
+    t0 = time.perf_counter()
+    reused = sum((j[2] / "summary.json").is_file() for j in jobs)
     for variant, method, run_dir, raw in tqdm(jobs, desc="runs", disable=not progress):
         _run_one(raw, run_dir)
+    wall = time.perf_counter() - t0
     report = [spec.get("title", "mmrelearn demo"), ""]
     monitored = spec["base"].get("train", {}).get("monitor_purity", False)
     modalities = spec["base"]["data"]["modalities"] if monitored else []
@@ -107,6 +111,8 @@ def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
                 report += [f"D&R diagnoses ({method}):", *_trajectory_lines(ds), ""]
         fig = plot_groups(groups, out_dir / f"{variant}_curves.png", modalities)
         report += [f"Curves: {fig}", ""]
+    report.append(f"Wall time: {wall:.0f} s for {len(jobs) - reused} runs trained now "
+                  f"({reused} finished runs reused from {out_dir}).")
     text = "\n".join(report)
     atomic_write_text(text + "\n", out_dir / "results.md")
     return text
