@@ -39,3 +39,13 @@ def test_demo_runs_and_reuses_finished_runs(tmp_path):
     assert again.splitlines()[:-1] == text.splitlines()[:-1]
     assert summary.stat().st_mtime_ns == stamp
     assert json.loads(summary.read_text())["epochs"] == 2
+
+
+def test_demo_refuses_a_stale_run_of_another_config(tmp_path):
+    import pytest
+
+    from mmrelearn.train import RunExistsError
+
+    run_demo(out_dir=tmp_path, seeds=1, epochs=1, progress=False)
+    with pytest.raises(RunExistsError, match="another configuration"):
+        run_demo(out_dir=tmp_path, seeds=1, epochs=2, progress=False)

@@ -17,9 +17,9 @@ from typing import Any, Optional
 import yaml
 from tqdm.auto import tqdm
 
-from .config import apply_overrides, config_from_dict
+from .config import apply_overrides, config_from_dict, config_to_dict
 from .report import aggregate, load_summaries, markdown_table
-from .train import train
+from .train import RunExistsError, train
 from .train.checkpoint import atomic_write_text, read_jsonl
 from .train.plots import plot_groups
 
@@ -35,11 +35,16 @@ def load_demo_spec() -> dict[str, Any]:
 
 
 def _run_one(raw: dict, run_dir: Path) -> dict:
+    cfg = config_from_dict(raw)
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        return train(cfg, run_dir=run_dir)
+    if yaml.safe_load(stored.read_text()) != config_to_dict(cfg):
+        raise RunExistsError(f"{run_dir} holds a run of another configuration; remove it or "
+                             f"choose another output directory")
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
-    if (run_dir / "config.yaml").is_file():  # interrupted earlier: continue it
-        return train(run_dir=run_dir, resume=True)
-    return train(config_from_dict(raw), run_dir=run_dir)
+    return train(run_dir=run_dir, resume=True)  # interrupted earlier: continue it
 
 
 def _purity_lines(dirs: list[Path]) -> list[str]:

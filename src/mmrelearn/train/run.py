@@ -151,7 +151,7 @@ def _summary(cfg: Config, run_dir: Path, numbers: dict, seconds: float) -> dict[
     records = read_jsonl(run_dir / "metrics.jsonl")
     summary = {"name": cfg.name, "method": cfg.method["name"], "seed": cfg.seed,
                "data": cfg.data["name"], "epochs": cfg.train.epochs, **numbers,
-               "fit_seconds_this_session": seconds,
+               "fit_seconds_last_process": seconds,  # since the last (re)start
                "train_seconds_total": sum(r["time_s"] for r in records)}
     if records and "test" in records[0]:
         best = max(records, key=lambda r: r["test"]["acc"])
