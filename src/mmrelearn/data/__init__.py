@@ -1,10 +1,13 @@
 """Datasets, splits and transforms; ``DATASETS`` maps names to builders of :class:`RawData`."""
 from .base import (DATASETS, SPLIT_KEYS, DataBundle, MultimodalDataset, RawData, build_data,
                    register_dataset, stratified_split)
+from .lazy import LazyMultimodalDataset, MediaError
+from .splits import group_split, split_indices
 from .transforms import add_noise_snr
 
 # Explicit imports fill the registry (no file scanning).
 from . import mfeat, synthetic  # noqa: E402,F401
 
-__all__ = ["DATASETS", "SPLIT_KEYS", "DataBundle", "MultimodalDataset", "RawData", "build_data",
-           "register_dataset", "stratified_split", "add_noise_snr"]
+__all__ = ["DATASETS", "SPLIT_KEYS", "DataBundle", "MultimodalDataset", "LazyMultimodalDataset",
+           "MediaError", "RawData", "build_data", "register_dataset", "stratified_split",
+           "group_split", "split_indices", "add_noise_snr"]

@@ -16,10 +16,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .lazy import LazyMultimodalDataset
+from .splits import split_indices, stratified_split
 from .transforms import apply_noise
 
-__all__ = ["MultimodalDataset", "RawData", "DataBundle", "DATASETS", "SPLIT_KEYS",
-           "register_dataset", "stratified_split", "build_data"]
+__all__ = ["MultimodalDataset", "LazyMultimodalDataset", "RawData", "DataBundle", "DATASETS",
+           "SPLIT_KEYS", "register_dataset", "stratified_split", "build_data"]
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +68,26 @@ class MultimodalDataset(Dataset):
 
 @dataclass
 class RawData:
-    """A whole dataset before splitting: ``inputs[m]`` is (N, ...), ``labels`` int64 (N,)."""
+    """A whole dataset before splitting.
 
-    inputs: dict[str, Tensor]
+    Attributes:
+        inputs: modality -> (N, ...) tensor held in memory; ``None`` when ``dataset`` reads
+            samples from files instead.
+        labels: int64 (N,).
+        num_classes: number of classes.
+        class_names: optional names of classes 0..C-1.
+        dataset: a :class:`LazyMultimodalDataset` over all N samples (instead of ``inputs``).
+        groups: optional group of each sample (speaker, actor) for ``split_by: group``.
+        splits: optional official split: ``{"train": idx, "test": idx[, "val": idx]}``.
+    """
+
+    inputs: Optional[dict[str, Tensor]]
     labels: Tensor
     num_classes: int
     class_names: Optional[list[str]] = None
+    dataset: Optional[LazyMultimodalDataset] = None
+    groups: Optional[list[str]] = None
+    splits: Optional[dict[str, Tensor]] = None
 
 
 @dataclass
@@ -100,6 +116,7 @@ DATASETS: dict[str, Callable[..., RawData]] = {}
 #: keys of a ``data`` config section consumed by :func:`build_data` itself (with defaults),
 #: as opposed to the options of the dataset builder. ``holdout_fraction`` comes from the method.
 SPLIT_KEYS: dict[str, Any] = {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 0,
+                              "split_by": "class", "test_groups": None, "val_groups": None,
                               "standardize": True, "noise": None}
 
 
@@ -113,42 +130,6 @@ def register_dataset(name: str) -> Callable[[Callable[..., RawData]], Callable[.
         return fn
 
     return deco
-
-
-def stratified_split(labels: Tensor, fractions: Sequence[float], seed: int) -> list[Tensor]:
-    """Split sample indices into parts holding the same class proportions.
-
-    Per class c (ascending) with n_c samples, a permutation drawn from one generator seeded
-    with ``seed`` is cut at ``round(F_j * n_c)``, F_j the cumulative fraction of parts 0..j;
-    the last part takes the remainder.
-
-    Args:
-        labels: int (N,) class labels.
-        fractions: non-negative part sizes summing to 1.
-        seed: seed of the permutations.
-
-    Returns:
-        One sorted int64 index tensor per part; disjoint, together covering 0..N-1.
-    """
-    fractions = [float(f) for f in fractions]
-    if not fractions or any(f < 0 for f in fractions):
-        raise ValueError(f"fractions must be non-negative and non-empty, got {fractions}")
-    if abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"fractions must sum to 1, got {fractions} (sum {sum(fractions)})")
-    gen = torch.Generator().manual_seed(seed)
-    parts: list[list[Tensor]] = [[] for _ in fractions]
-    cum, bounds = 0.0, []
-    for f in fractions[:-1]:
-        cum += f
-        bounds.append(cum)
-    for c in torch.unique(labels).tolist():
-        members = torch.nonzero(labels == c).flatten()  # (n_c,) ascending
-        members = members[torch.randperm(len(members), generator=gen)]
-        cuts = [0] + [min(round(b * len(members)), len(members)) for b in bounds] + [len(members)]
-        for j in range(len(fractions)):
-            parts[j].append(members[cuts[j]:max(cuts[j], cuts[j + 1])])
-    return [torch.sort(torch.cat(p)).values if p else torch.zeros(0, dtype=torch.long)
-            for p in parts]
 
 
 def _call_builder(name: str, seed: int, options: dict[str, Any]) -> RawData:
@@ -176,6 +157,8 @@ def _call_builder(name: str, seed: int, options: dict[str, Any]) -> RawData:
 def _standardize(parts: dict[str, MultimodalDataset]) -> dict[str, MultimodalDataset]:
     """(x - mean) / std for every vector modality; statistics from ``parts['train']`` only."""
     train = parts["train"]
+    if not isinstance(train, MultimodalDataset):
+        return dict(parts)  # samples read from files: their loader normalises them
     stats = {}
     for m, x in train.inputs.items():
         if x.dim() == 2:  # (N, D) vector features; images etc. are left alone
@@ -190,18 +173,37 @@ def _standardize(parts: dict[str, MultimodalDataset]) -> dict[str, MultimodalDat
     return out
 
 
+def _whole(raw: RawData, name: str) -> MultimodalDataset | LazyMultimodalDataset:
+    if (raw.inputs is None) == (raw.dataset is None):
+        raise ValueError(f"dataset {name!r}: its builder must give exactly one of inputs and "
+                         f"dataset")
+    whole = MultimodalDataset(raw.inputs, raw.labels) if raw.dataset is None else raw.dataset
+    if len(whole) != len(raw.labels):
+        raise ValueError(f"dataset {name!r}: {len(whole)} samples but {len(raw.labels)} labels")
+    if raw.groups is not None and len(raw.groups) != len(raw.labels):
+        raise ValueError(f"dataset {name!r}: {len(raw.groups)} groups for "
+                         f"{len(raw.labels)} samples")
+    return whole
+
+
 def build_data(name: str, *, val_fraction: float, test_fraction: float, split_seed: int,
-               holdout_fraction: float = 0.0, standardize: bool = True,
+               holdout_fraction: float = 0.0, split_by: str = "class",
+               test_groups: Optional[Sequence[str]] = None,
+               val_groups: Optional[Sequence[str]] = None, standardize: bool = True,
                noise: Optional[Mapping[str, Any]] = None, seed: int = 0,
                **options: Any) -> DataBundle:
     """Build, split, standardize and (optionally) degrade a registered dataset.
 
     Args:
         name: a key of :data:`DATASETS`.
-        val_fraction: fraction of every class going to validation.
-        test_fraction: fraction of every class going to test.
+        val_fraction: fraction of every class going to validation (of the official training
+            part when the dataset has an official split).
+        test_fraction: fraction of every class going to test (unused with an official split).
         split_seed: seed of the train/val/test split (``split_seed + 1`` seeds the holdout).
         holdout_fraction: fraction of the TRAINING part set aside as ``holdout`` (0: none).
+        split_by: ``"class"`` (stratified) or ``"group"`` (no speaker/actor in two splits).
+        test_groups, val_groups: with ``split_by: group``, the groups to hold out (others
+            are drawn with ``split_seed``).
         standardize: z-score vector (1-D per sample) modalities with statistics of the whole
             training split (holdout included: it is training data, never val or test).
         noise: ``{"modality", "snr_db", "seed"}``: Gaussian noise at that SNR on one modality
@@ -215,11 +217,15 @@ def build_data(name: str, *, val_fraction: float, test_fraction: float, split_se
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     raw = _call_builder(name, seed, options)
-    full = MultimodalDataset(raw.inputs, raw.labels)
-    fracs = [1.0 - val_fraction - test_fraction, val_fraction, test_fraction]
-    train_idx, val_idx, test_idx = stratified_split(full.labels, fracs, split_seed)
-    index = {"train": train_idx, "val": val_idx, "test": test_idx}
-    parts = {split: full.subset(idx) for split, idx in index.items()}
+    whole = _whole(raw, name)
+    index = split_indices(raw.labels, val_fraction=val_fraction, test_fraction=test_fraction,
+                          split_seed=split_seed, split_by=split_by, groups=raw.groups,
+                          predefined=raw.splits, test_groups=test_groups,
+                          val_groups=val_groups)
+    if len(index["train"]) == 0:
+        raise ValueError(f"dataset {name!r}: the training split is empty; check "
+                         f"val_fraction/test_fraction/split_by")
+    parts = {split: whole.subset(idx) for split, idx in index.items()}
     # Standardisation and noise act on the whole training split BEFORE a method's holdout is
     # carved out of it, so every method sees the very same tensors whatever its holdout.
     if standardize:

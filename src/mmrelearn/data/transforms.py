@@ -10,7 +10,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .base import MultimodalDataset
 
-__all__ = ["add_noise_snr", "apply_noise", "NOISE_KEYS", "SPLIT_INDEX"]
+__all__ = ["add_noise_snr", "apply_noise", "SampleNoise", "sample_generator", "NOISE_KEYS",
+           "SPLIT_INDEX"]
 
 #: keys of a ``noise`` mapping -> default (``None``: required).
 NOISE_KEYS: dict[str, Any] = {"modality": None, "snr_db": None, "seed": 0}
@@ -61,6 +62,28 @@ def _split_generator(seed: int, split: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
 
 
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """A generator seeded from (seed, index): the same draws for sample ``index`` everywhere."""
+    state = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+class SampleNoise:
+    """Per-sample transform: :func:`add_noise_snr` on one modality, seeded by sample index.
+
+    Sample i of the whole dataset always gets the same noise, in every split, subset, DataLoader
+    worker and method.
+    """
+
+    def __init__(self, modality: str, snr_db: float, seed: int) -> None:
+        self.modality, self.snr_db, self.seed = modality, snr_db, seed
+
+    def __call__(self, inputs: dict[str, Tensor], index: int) -> dict[str, Tensor]:
+        x = inputs[self.modality].float()
+        noisy = add_noise_snr(x.unsqueeze(0), self.snr_db, sample_generator(self.seed, index))
+        return {**inputs, self.modality: noisy[0]}
+
+
 def apply_noise(parts: Mapping[str, MultimodalDataset],
                 noise: Mapping[str, Any]) -> dict[str, MultimodalDataset]:
     """Degrade ``noise['modality']`` of every split with :func:`add_noise_snr`.
@@ -71,13 +94,17 @@ def apply_noise(parts: Mapping[str, MultimodalDataset],
 
     Returns:
         New datasets; split s uses a generator seeded from (seed, index of s), so the same
-        arguments always give the same noisy tensors.
+        arguments always give the same noisy tensors. Datasets read from files get a
+        :class:`SampleNoise` transform instead (seeded per sample).
     """
     from .base import MultimodalDataset  # base imports this module
 
     modalities = next(iter(parts.values())).modalities
     opts = _noise_options(noise, modalities)
     m, out = opts["modality"], {}
+    if not isinstance(next(iter(parts.values())), MultimodalDataset):  # read from files
+        fn = SampleNoise(m, float(opts["snr_db"]), opts["seed"])
+        return {split: ds.with_transform(fn) for split, ds in parts.items()}
     for split, ds in parts.items():
         gen = _split_generator(opts["seed"], split)
         noisy = add_noise_snr(ds.inputs[m].float(), float(opts["snr_db"]), gen)
