@@ -7,12 +7,14 @@ pooled frame features are averaged over T, as in the audio-visual setups of OGM-
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
 from .mlp import check_shape
+from .pretrained import load_imagenet_resnet18
 
 __all__ = ["BasicBlock", "ResNet18Encoder"]
 
@@ -54,10 +56,14 @@ class ResNet18Encoder(nn.Module):
             (64 gives the standard ResNet-18).
         small_input: use a 3x3 stride-1 stem without max-pooling, for tiny inputs
             (e.g. 16x15 digit images) that the standard 4x-downsampling stem would erase.
+        pretrained: path of a local torchvision-layout ImageNet ResNet-18 state dict to start
+            from (first convolution adapted to 1 or C channels; see
+            :func:`mmrelearn.models.pretrained.load_imagenet_resnet18`). Needs width 64 and
+            the standard stem.
     """
 
     def __init__(self, input_shape: tuple[int, ...], width: int = 64,
-                 small_input: bool = False) -> None:
+                 small_input: bool = False, pretrained: Optional[str] = None) -> None:
         super().__init__()
         shape = check_shape(input_shape)
         if len(shape) not in (2, 3, 4):
@@ -83,6 +89,10 @@ class ResNet18Encoder(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.out_dim: int = 8 * width
         self._init_weights()
+        if pretrained is not None:
+            if not isinstance(pretrained, (str, Path)):
+                raise ValueError(f"pretrained must be a file path, got {pretrained!r}")
+            load_imagenet_resnet18(self, pretrained)
 
     @staticmethod
     def _stage(in_planes: int, planes: int, stride: int) -> nn.Sequential:
