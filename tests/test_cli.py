@@ -44,6 +44,10 @@ def test_train_eval_compare(tmp_path, tiny_raw, capsys):
     ev = json.loads(capsys.readouterr().out)
     summary = json.loads((run / "summary.json").read_text())
     assert ev["test"]["acc"] == summary["test"]["acc"] and ev["epoch"] == summary["best_epoch"]
+    assert main(["eval", str(run), "--probe"]) == 0
+    probe = json.loads(capsys.readouterr().out)["probe"]
+    assert set(probe) == {"m0", "m1"}
+    assert all(0.0 <= p["test_acc"] <= 1.0 and p["C"] > 0 for p in probe.values())
 
     table_path = tmp_path / "table.md"
     runs = [str(tmp_path / "runs/tiny/seed0"), str(tmp_path / "runs/tiny/seed1"),
@@ -63,3 +67,9 @@ def test_cli_errors_are_clear(tmp_path, tiny_raw, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["compare", str(tmp_path)]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_prepare_names_datasets_without_a_prepare_step(tmp_path, tiny_raw, capsys):
+    assert main(["prepare", "-c", str(_write(tmp_path, tiny_raw))]) == 2
+    err = capsys.readouterr().err
+    assert "'synthetic'" in err and "cremad" in err

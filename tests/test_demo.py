@@ -49,3 +49,19 @@ def test_demo_refuses_a_stale_run_of_another_config(tmp_path):
     run_demo(out_dir=tmp_path, seeds=1, epochs=1, progress=False)
     with pytest.raises(RunExistsError, match="another configuration"):
         run_demo(out_dir=tmp_path, seeds=1, epochs=2, progress=False)
+
+
+def test_comparison_with_probes(tmp_path, tiny_raw):
+    from mmrelearn.demo import run_comparison
+
+    tiny_raw["train"].update(epochs=2, monitor_purity=False)
+    spec = {"title": "# tiny", "descriptions": {"clean": "as generated"}, "base": tiny_raw,
+            "probe": True, "methods": {"joint": ["method={name: joint}"],
+                                       "dnr": ["method.every=1"]},
+            "variants": {"clean": []}}
+    text = run_comparison(spec, tmp_path, seeds=2, progress=False)
+    assert "| method | m0 probe acc | m1 probe acc |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| dnr |"))
+    assert row.count("±") == 2
+    probe = json.loads((tmp_path / "clean/dnr/seed1/probe_best.json").read_text())
+    assert set(probe) == {"m0", "m1"} and 0.0 <= probe["m0"]["test_acc"] <= 1.0

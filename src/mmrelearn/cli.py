@@ -1,4 +1,4 @@
-"""Command line: ``mmrelearn train | eval | compare | demo`` (thin layer over the library)."""
+"""Command line: ``mmrelearn train | eval | prepare | compare | demo`` (thin layer over the library)."""
 from __future__ import annotations
 
 import argparse
@@ -50,7 +50,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for split in ("val", "test"):
         out[split] = evaluate(trainer.model, trainer.loaders[split], trainer.device,
                               trainer.num_classes)
+    if args.probe:
+        from .probe import probe_run
+
+        out["probe"] = probe_run(run_dir, args.checkpoint)
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare_dataset
+
+    cfg = load_config(args.config, args.set)
+    options = {k: v for k, v in cfg.data.items() if k != "name"}
+    report = prepare_dataset(cfg.data["name"], options)
+    print(report)
     return 0
 
 
@@ -92,7 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's checkpoint on validation and test")
     e.add_argument("run_dir")
     e.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    e.add_argument("--probe", action="store_true",
+                   help="also fit a linear probe per modality on the frozen encoders (C chosen "
+                        "on validation, scored on test)")
     e.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("prepare", help="decode a dataset's raw media once into its cache "
+                                        "(data.raw -> data.cache; resumable)")
+    pr.add_argument("-c", "--config", required=True, help="YAML config (its data section)")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted override, e.g. --set data.raw=/data/CREMA-D (repeatable)")
+    pr.set_defaults(func=_cmd_prepare)
 
     c = sub.add_parser("compare", help="markdown table (mean ± std over seeds) of finished runs")
     c.add_argument("run_dirs", nargs="+")

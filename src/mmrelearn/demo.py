@@ -11,7 +11,7 @@ import logging
 import time
 from importlib import resources
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any, Optional
 
 import yaml
@@ -70,6 +70,24 @@ def _trajectory_lines(dirs: list[Path]) -> list[str]:
     return lines
 
 
+def _probe_table(groups: dict[str, list[Path]]) -> list[str]:
+    """Markdown rows: per method, each modality's linear-probe test accuracy (mean ± std)."""
+    from .probe import probe_run
+
+    probes = {method: [probe_run(d) for d in dirs] for method, dirs in groups.items()}
+    modalities = list(next(iter(probes.values()))[0])
+    lines = ["| method | " + " | ".join(f"{m} probe acc" for m in modalities) + " |",
+             "|---|" + "---|" * len(modalities)]
+    for method, runs in probes.items():
+        cells = []
+        for m in modalities:
+            accs = [100.0 * r[m]["test_acc"] for r in runs]
+            sd = stdev(accs) if len(accs) > 1 else 0.0
+            cells.append(f"{mean(accs):.2f} ± {sd:.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def run_demo(out_dir: Path = Path("runs/demo"), seeds: int = 3, epochs: Optional[int] = None,
              progress: bool = True) -> str:
     """The main job: :func:`run_comparison` on the packaged demo specification."""
@@ -81,7 +99,9 @@ def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
     """Run every (variant, method, seed) of ``spec``, write ``results.md`` and plots.
 
     ``spec`` has a ``base`` config, ``methods`` and ``variants`` (lists of dotted overrides),
-    a ``title`` and a description per variant. Returns the report text.
+    a ``title``, a description per variant, and optionally ``probe: true`` (add each
+    modality's linear-probe accuracy, see :func:`mmrelearn.probe.probe_run`). Returns the
+    report text.
     """
     out_dir = Path(out_dir)
     jobs = []
@@ -108,6 +128,10 @@ def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
         report += [f"## {variant}: {spec['descriptions'][variant]}", "",
                    "Test metrics (%) at the epoch selected on validation, mean ± std over seeds:",
                    "", markdown_table(aggregate(load_summaries(dirs)), time_reference="joint"), ""]
+        if spec.get("probe", False):
+            report += ["Uni-modal linear probes on the frozen encoders of the selected epoch "
+                       "(logistic regression fitted on train, C chosen on val, test "
+                       "accuracy %, mean ± std over seeds):", "", *_probe_table(groups), ""]
         for method, ds in groups.items() if monitored else ():
             report += [f"Per-modality purity at the last epoch ({method}, mean over seeds):",
                        *_purity_lines(ds), ""]
