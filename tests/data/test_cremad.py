@@ -5,7 +5,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import wave
 
 import numpy as np
 import pytest
@@ -13,54 +12,30 @@ import torch
 
 from mmrelearn.data import build_data, media
 from mmrelearn.data import prepare as prep
-from mmrelearn.data.audio import (add_waveform_noise, spectrogram, spectrogram_config,
-                                  spectrogram_shape)
+from mmrelearn.data.audio import (
+    add_waveform_noise,
+    spectrogram,
+    spectrogram_config,
+    spectrogram_shape,
+)
 from mmrelearn.data.cremad import EMOTIONS, load_cremad, parse_clip_name, prepare_cremad
 from mmrelearn.data.lazy import MediaError
 from mmrelearn.data.transforms import sample_generator
 
 av = pytest.importorskip("av")
 
-ACTORS = ("1001", "1002", "1003")
-#: 12 clips: actor k gets four emotions starting at 4k, so all six appear.
-CLIPS = [f"{a}_DFA_{EMOTIONS[(4 * k + j) % 6]}_XX" for k, a in enumerate(ACTORS)
-         for j in range(4)]
+from mediafiles import ACTORS, CREMAD_CLIPS, make_cremad_raw, write_wav
+
+CLIPS = CREMAD_CLIPS
 #: small spectrogram settings: 0.25 s at 8 kHz, n_fft 64, hop 32 -> 33 x 63.
 AUDIO = {"preset": "crema_d", "sample_rate": 8000, "duration": 0.25, "n_fft": 64,
          "hop_length": 32}
 FRAMES = 5
 
 
-def write_flv(path, colour, n_frames=FRAMES):
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("flv", rate=10)  # Sorenson H.263, CREMA-D's VideoFlash codec
-        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
-        for _ in range(n_frames):
-            img = np.full((24, 32, 3), colour, np.uint8)
-            out.mux(video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(video.encode())
-
-
-def write_wav(path, k, rate=8000, seconds=0.2):
-    t = np.arange(int(rate * seconds)) / rate
-    x = (0.3 * np.sin(2 * np.pi * (200 + 50 * k) * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1), f.setsampwidth(2), f.setframerate(rate)
-        f.writeframes(x.tobytes())
-
-
-def make_raw(root, clips=CLIPS):
-    (root / "AudioWAV").mkdir(parents=True)
-    (root / "VideoFlash").mkdir()
-    for k, clip in enumerate(clips):
-        write_flv(root / "VideoFlash" / f"{clip}.flv", (20 * k, 255 - 20 * k, 100))
-        write_wav(root / "AudioWAV" / f"{clip}.wav", k)
-    return root
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
-    return make_raw(tmp_path_factory.mktemp("cremad_raw"))
+    return make_cremad_raw(tmp_path_factory.mktemp("cremad_raw"))
 
 
 @pytest.fixture(scope="module")

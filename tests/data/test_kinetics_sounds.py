@@ -10,55 +10,28 @@ import torch
 from mmrelearn.data import build_data
 from mmrelearn.data import prepare as prep
 from mmrelearn.data.audio import spectrogram, spectrogram_config
-from mmrelearn.data.kinetics_sounds import (kinetics_sources, load_kinetics_sounds,
-                                            prepare_kinetics_sounds, read_clip_list)
+from mmrelearn.data.kinetics_sounds import (
+    kinetics_sources,
+    load_kinetics_sounds,
+    prepare_kinetics_sounds,
+    read_clip_list,
+)
 from mmrelearn.data.lazy import MediaError
 
 av = pytest.importorskip("av")
 
-#: (stem, class): six clips of three classes.
-CLIPS = [("a1", "dog barking"), ("a2", "dog barking"), ("b1", "playing drums"),
-         ("b2", "playing drums"), ("c1", "bird chirping"), ("c2", "bird chirping")]
+from mediafiles import KS_CLIPS, make_ks_raw, write_mp4
+
+CLIPS = KS_CLIPS
 CLASSES = sorted({c for _, c in CLIPS})  # bird chirping, dog barking, playing drums
 #: 0.25 s at 8 kHz, n_fft = window = 64, hop 32, 16 mel bands -> 16 x 63.
 AUDIO = {"preset": "kinetics_sounds", "sample_rate": 8000, "duration": 0.25, "n_fft": 64,
          "win_length": None, "hop_length": 32, "n_mels": 16}
 
 
-def write_mp4(path, k, audio=True, n_frames=6):
-    """mpeg4 video (32 x 24, 10 fps, grey level 30 k) + AAC audio (0.5 s tone) at 8 kHz."""
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("mpeg4", rate=10)
-        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
-        track = out.add_stream("aac", rate=8000) if audio else None  # streams before muxing
-        if track is not None:
-            track.layout = "mono"
-        for _ in range(n_frames):
-            img = np.full((24, 32, 3), 30 * k, np.uint8)
-            out.mux(video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(video.encode())
-        if track is not None:
-            t = np.arange(4000) / 8000
-            x = (0.4 * np.sin(2 * np.pi * (300 + 100 * k) * t)).astype(np.float32)[None]
-            frame = av.AudioFrame.from_ndarray(x, format="fltp", layout="mono")
-            frame.sample_rate = 8000
-            out.mux(track.encode(frame))
-            out.mux(track.encode())
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ks_raw")
-    (root / "videos").mkdir()
-    for k, (stem, _) in enumerate(CLIPS):
-        write_mp4(root / "videos" / f"{stem}.mp4", k)
-    (root / "all.csv").write_text("path,class\n" + "".join(f"videos/{s}.mp4,{c}\n"
-                                                            for s, c in CLIPS))
-    (root / "train.csv").write_text("".join(f"videos/{s}.mp4,{c}\n" for s, c in CLIPS
-                                            if s.endswith("1")))
-    (root / "test.csv").write_text("".join(f"videos/{s}.mp4,{c}\n" for s, c in CLIPS
-                                           if s.endswith("2")))
-    return root
+    return make_ks_raw(tmp_path_factory.mktemp("ks_raw"))
 
 
 @pytest.fixture(scope="module")

@@ -15,56 +15,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mediafiles import (
+    CLASSES,
+    TEST,
+    TRAIN,
+    make_ucf_tree,
+)
 from PIL import Image
 
 from mmrelearn.data import MediaError, build_data
-from mmrelearn.data.ucf101 import (flow_indices, list_frames, load_ucf101,  # registers "ucf101"
-                                   read_frame, segment_centres)
+from mmrelearn.data.ucf101 import (  # registers "ucf101"
+    flow_indices,
+    list_frames,
+    load_ucf101,
+    read_frame,
+    segment_centres,
+)
 
-RGB_LEVELS = [20, 40, 60, 80, 100, 120]  # RGB frame k (0-based) is solid grey RGB_LEVELS[k]
-U_LEVELS = [128, 148, 168, 188, 255]  # flow frame k: u and v grey levels
-V_LEVELS = [128, 108, 88, 68, 0]
-CLASSES = ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
-# (folder, video, class number) in list order; c02 is listed before c01 in the first class
-TRAIN = [("ApplyEyeMakeup", "v_ApplyEyeMakeup_g08_c02", 1),
-         ("ApplyEyeMakeup", "v_ApplyEyeMakeup_g08_c01", 1),
-         ("HandstandPushups", "v_HandStandPushups_g08_c01", 2),
-         ("HandstandPushups", "v_HandStandPushups_g08_c02", 2),
-         ("YoYo", "v_YoYo_g08_c01", 3), ("YoYo", "v_YoYo_g08_c02", 3)]
-# the official files' case mismatch: folder HandStandPushups vs classInd's HandstandPushups
-TEST = [("ApplyEyeMakeup", "v_ApplyEyeMakeup_g01_c01"),
-        ("HandStandPushups", "v_HandStandPushups_g01_c01"), ("YoYo", "v_YoYo_g01_c01")]
 S = 8  # image_size: 20x16 frames -> 10x8 -> centre 8x8
-
-
-def _solid(path: Path, level: int, mode: str = "L") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    colour = level if mode == "L" else (level, level, level)
-    Image.new(mode, (20, 16), colour).save(path, quality=100)  # solid grey decodes exactly
-
-
-def _video(root: Path, folder: str) -> None:
-    for k, level in enumerate(RGB_LEVELS):
-        _solid(root / "jpegs_256" / folder / f"frame{k + 1:06d}.jpg", level, "RGB")
-    for k, (u, v) in enumerate(zip(U_LEVELS, V_LEVELS, strict=True)):
-        _solid(root / "tvl1_flow" / "u" / folder / f"frame{k + 1:06d}.jpg", u)
-        _solid(root / "tvl1_flow" / "v" / folder / f"frame{k + 1:06d}.jpg", v)
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    lists = tmp_path / "ucfTrainTestlist"
-    lists.mkdir()
-    (lists / "classInd.txt").write_text("".join(f"{k} {c}\r\n" for k, c in
-                                                enumerate(CLASSES, start=1)))
-    (lists / "trainlist01.txt").write_text("".join(f"{f}/{v}.avi {n}\r\n" for f, v, n in TRAIN))
-    (lists / "testlist01.txt").write_text("".join(f"{f}/{v}.avi\r\n" for f, v in TEST))
-    for _, video, _ in TRAIN[:2] + TRAIN[3:]:
-        _video(tmp_path, video)
-    _video(tmp_path, "v_HandstandPushups_g08_c01")  # frame folder cased unlike the list entry
-    for _, video in TEST:
-        _video(tmp_path, video)
-    return tmp_path
+    return make_ucf_tree(tmp_path)
 
 
 def _videos(raw) -> list[str]:

@@ -46,7 +46,12 @@ def build_method(cfg: Config) -> Method:
 def build_data_for(cfg: Config, method: Method) -> DataBundle:
     """The data of a run: the same splits for every method given the same data config."""
     opts = {k: v for k, v in cfg.data.items() if k != "name"}
-    return build_data(cfg.data["name"], holdout_fraction=method.holdout_fraction, **opts)
+    data = build_data(cfg.data["name"], holdout_fraction=method.holdout_fraction, **opts)
+    for split in ("val", "test"):
+        if len(getattr(data, split)) == 0:
+            raise ValueError(f"data: the {split} split of {cfg.data['name']!r} is empty; raise "
+                             f"data.{split}_fraction (or choose other groups)")
+    return data
 
 
 def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
