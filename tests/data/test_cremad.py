@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrelearn.data import build_data, media
+from mmrelearn.data import build_data, frames, media
 from mmrelearn.data import prepare as prep
 from mmrelearn.data.audio import (
     add_waveform_noise,
@@ -94,8 +94,8 @@ def test_loader_labels_groups_and_tensors(cache):
     assert label.item() == data.labels[3].item()
     assert inputs["audio"].dtype == inputs["visual"].dtype == torch.float32
     raw_visual = torch.from_numpy(np.load(cache / "visual" / f"{names[3]}.npy")).float() / 255
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (media.IMAGENET_MEAN,
-                                                              media.IMAGENET_STD))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (frames.IMAGENET_MEAN,
+                                                              frames.IMAGENET_STD))
     assert torch.allclose(inputs["visual"], (raw_visual - mean) / std)
     assert torch.equal(inputs["audio"], torch.from_numpy(np.load(cache / "audio" /
                                                                   f"{names[3]}.npy")))

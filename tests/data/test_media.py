@@ -10,8 +10,9 @@ import torch
 from mmrelearn.data import prepare as prep
 from mmrelearn.data.audio import spectrogram, spectrogram_config
 from mmrelearn.data.lazy import MediaError
-from mmrelearn.data.media import (IMAGENET_MEAN, IMAGENET_STD, CachedClipLoader, ClipSource,
-                                  check_clip_options, decode_clip, frame_indices, official_split,
+from mmrelearn.data.frames import IMAGENET_MEAN, IMAGENET_STD, segment_centres
+from mmrelearn.data.media import (CachedClipLoader, ClipSource,
+                                  check_clip_options, decode_clip, official_split,
                                   read_pairs, read_video_audio, read_video_frames,
                                   resize_center_crop)
 
@@ -47,11 +48,11 @@ def write_video(path, n_frames, codec="flv", audio=None, size=(32, 24)):
 
 def test_frame_indices_are_segment_centres():
     # floor((k + 1/2) * 10 / 3) = floor(1.67), floor(5), floor(8.33)
-    assert frame_indices(10, 3) == [1, 5, 8]
-    assert frame_indices(10, 1) == [5]
-    assert frame_indices(4, 4) == [0, 1, 2, 3]
+    assert segment_centres(10, 3) == [1, 5, 8]
+    assert segment_centres(10, 1) == [5]
+    assert segment_centres(4, 4) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="cannot pick 4 of 3"):
-        frame_indices(3, 4)
+        segment_centres(3, 4)
 
 
 @pytest.mark.parametrize("name, codec", [("clip.flv", "flv"), ("clip.mp4", "mpeg4")])
@@ -61,7 +62,7 @@ def test_read_video_frames_picks_evenly_spaced_frames(tmp_path, name, codec):
     path = write_video(tmp_path / name, 10, codec=codec)
     frames = read_video_frames(path, 3, 16)
     assert frames.dtype == torch.uint8 and frames.shape == (3, 3, 16, 16)
-    for t, k in enumerate([1, 5, 8]):  # the frames of frame_indices(10, 3)
+    for t, k in enumerate([1, 5, 8]):  # the frames of segment_centres(10, 3)
         centre = frames[t, :, 8, 8].int()
         assert (centre - torch.tensor(COLOURS[k])).abs().max() <= 8
 
@@ -81,10 +82,10 @@ def test_resize_center_crop_exact():
 
     img = np.zeros((3, 6, 3), np.uint8)  # (H, W, 3): columns are 0, 10, ..., 50 grey
     img[:] = (np.arange(6) * 10)[None, :, None]
-    # shorter side already 3: no scaling; left = round((6 - 3) / 2) = 2 -> columns 2, 3, 4
+    # shorter side already 3: no scaling; left = (6 - 3) // 2 = 1 -> columns 1, 2, 3
     out = resize_center_crop(Image.fromarray(img), 3)
     assert out.shape == (3, 3, 3) and out.dtype == np.uint8
-    assert out[0, 0].tolist() == [20, 30, 40]
+    assert out[0, 0].tolist() == [10, 20, 30]
     solid = Image.fromarray(np.full((20, 40, 3), 77, np.uint8))  # 40 x 20 -> 20 x 10 -> 10 x 10
     assert np.all(resize_center_crop(solid, 10) == 77)
 

@@ -24,12 +24,12 @@ from mediafiles import (
 from PIL import Image
 
 from mmrelearn.data import MediaError, build_data
+from mmrelearn.data.frames import segment_centres
 from mmrelearn.data.ucf101 import (  # registers "ucf101"
     flow_indices,
     list_frames,
     load_ucf101,
     read_frame,
-    segment_centres,
 )
 
 S = 8  # image_size: 20x16 frames -> 10x8 -> centre 8x8

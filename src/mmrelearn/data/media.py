@@ -20,17 +20,16 @@ import torch
 from torch import Tensor
 
 from .audio import (SpectrogramConfig, add_waveform_noise, conform_wave, load_audio, spectrogram)
+from .frames import center_square, imagenet_normalize, segment_centres
 from .lazy import MediaError
 from .transforms import sample_generator
 
-__all__ = ["ClipSource", "frame_indices", "resize_center_crop", "read_video_frames",
+__all__ = ["ClipSource", "resize_center_crop", "read_video_frames",
            "read_video_audio", "decode_clip", "read_pairs", "official_split",
-           "check_clip_options", "CachedClipLoader", "IMAGENET_MEAN", "IMAGENET_STD",
+           "check_clip_options", "CachedClipLoader", 
            "CLIP_MODALITIES", "CACHE_PARTS"]
 
 #: ImageNet per-channel statistics (RGB) used to normalise frames in [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the modalities a clip gives, and the arrays cached per clip (``<cache>/<part>/<clip>.npy``).
 CLIP_MODALITIES = ("audio", "visual")
 CACHE_PARTS = ("visual", "audio", "wave")
@@ -54,32 +53,9 @@ class ClipSource:
     group: Optional[str] = None
 
 
-def frame_indices(num_available: int, num_frames: int) -> list[int]:
-    """Indices of ``num_frames`` frames evenly spread over ``num_available``.
-
-    The clip is cut into ``num_frames`` equal segments and the frame at each segment's centre
-    is taken: index_k = floor((k + 1/2) * num_available / num_frames), k = 0..num_frames - 1.
-    """
-    if num_frames < 1 or num_available < num_frames:
-        raise ValueError(f"cannot pick {num_frames} of {num_available} frames")
-    return [math.floor((k + 0.5) * num_available / num_frames) for k in range(num_frames)]
-
-
 def resize_center_crop(image: Any, size: int) -> np.ndarray:
-    """Resize a PIL image so its shorter side is ``size`` (bilinear), then crop the centre.
-
-    Returns:
-        uint8 (3, size, size) RGB.
-    """
-    from PIL import Image
-
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.convert("RGB").resize((nw, nh), Image.BILINEAR)
-    left, top = round((nw - size) / 2), round((nh - size) / 2)
-    crop = image.crop((left, top, left + size, top + size))
-    return np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1).copy()  # (H, W, 3) -> (3, H, W)
+    """:func:`~mmrelearn.data.frames.center_square` of a PIL image as uint8 (3, size, size)."""
+    return center_square(image, size, "RGB").transpose(2, 0, 1).copy()  # (S, S, 3) -> (3, S, S)
 
 
 def _open(path: Union[str, Path]) -> Any:
@@ -139,7 +115,7 @@ def read_video_frames(path: Union[str, Path], num_frames: int, size: int) -> Ten
     # Only the chosen frames are kept when the container states its frame count; otherwise
     # (FLV), or when the stated count proves wrong, every decoded frame is kept, then chosen.
     declared = _declared_frames(path)
-    keep = set(frame_indices(declared, num_frames)) if declared >= num_frames else None
+    keep = set(segment_centres(declared, num_frames)) if declared >= num_frames else None
     frames, count, _ = _decode(path, "video", keep)
     if keep is not None and count != declared:
         frames, count, _ = _decode(path, "video")
@@ -147,7 +123,7 @@ def read_video_frames(path: Union[str, Path], num_frames: int, size: int) -> Ten
         raise MediaError(path, f"only {count} decodable video frame(s); "
                                f"{num_frames} needed (option frames)")
     chosen = [resize_center_crop(frames[k].to_image(), size)
-              for k in frame_indices(count, num_frames)]
+              for k in segment_centres(count, num_frames)]
     return torch.from_numpy(np.stack(chosen))  # (T, 3, size, size)
 
 
@@ -323,10 +299,7 @@ class CachedClipLoader:
         for m in self.modalities:
             if m == "visual":
                 x = torch.from_numpy(np.asarray(arrays["visual"])).float() / 255.0  # (T,3,S,S)
-                if self.normalize:
-                    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-                    x = (x - mean) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-                out[m] = x
+                out[m] = imagenet_normalize(x) if self.normalize else x
             elif self.noise is not None:
                 wave = torch.from_numpy(np.asarray(arrays["wave"], dtype=np.float32))  # (n,)
                 wave = add_waveform_noise(wave, self.noise[0],

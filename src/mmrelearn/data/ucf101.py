@@ -29,17 +29,15 @@ from PIL import Image
 from torch import Tensor
 
 from .base import RawData, register_dataset
+from .frames import center_square, imagenet_normalize, segment_centres
 from .lazy import LazyMultimodalDataset, MediaError
 
 __all__ = ["load_ucf101", "UCF101Frames", "ListEntry", "read_class_index", "read_split_list",
-           "list_frames", "segment_centres", "flow_indices", "read_frame", "MODALITIES",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+           "list_frames", "flow_indices", "read_frame", "MODALITIES"]
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("rgb", "flow")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _ON_ERROR = ("raise", "skip")
 _VIDEO = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
 _NUMBER = re.compile(r"\d+")
@@ -110,12 +108,6 @@ def list_frames(folder: Path, pattern: str = "*.jpg") -> list[str]:
     return sorted(names, key=key)
 
 
-def segment_centres(num_frames: int, segments: int) -> list[int]:
-    """0-based index of the centre frame of each of T = ``segments`` equal parts of n frames:
-    floor((k + 1/2) * n / T), k = 0..T-1 (TSN's test-time sampling, Wang et al., ECCV 2016)."""
-    return [(2 * k + 1) * num_frames // (2 * segments) for k in range(segments)]
-
-
 def flow_indices(positions: Sequence[int], stack: int, num_flow: int) -> list[int]:
     """Flow frames p, p+1, ..., p+L-1 of every position p, clamped to ``num_flow - 1`` (the last
     RGB frame has no flow frame after it)."""
@@ -127,17 +119,9 @@ def read_frame(path: str, mode: str, size: int) -> np.ndarray:
     ``size`` (bilinear), centre square cropped. MediaError if missing, truncated or no image."""
     try:
         with Image.open(path) as img:
-            img = img.convert(mode)
+            return center_square(img, size, mode)
     except (OSError, ValueError) as err:
         raise MediaError(path, f"unreadable frame ({err})") from None
-    w, h = img.size
-    if min(w, h) != size:
-        scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                         Image.Resampling.BILINEAR)
-        w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
 class UCF101Frames:
@@ -161,10 +145,7 @@ class UCF101Frames:
     def _rgb(self, i: int) -> Tensor:
         pixels = np.stack([read_frame(f, "RGB", self.size) for f in self.rgb[i]])  # (T, S, S, 3)
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, S, S)
-        if self.normalize:
-            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            x = (x - mean) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return x
+        return imagenet_normalize(x) if self.normalize else x
 
     def _flow(self, i: int) -> Tensor:
         pixels = np.stack([[read_frame(u, "L", self.size), read_frame(v, "L", self.size)]
