@@ -73,3 +73,23 @@ def test_prepare_names_datasets_without_a_prepare_step(tmp_path, tiny_raw, capsy
     assert main(["prepare", "-c", str(_write(tmp_path, tiny_raw))]) == 2
     err = capsys.readouterr().err
     assert "'synthetic'" in err and "cremad" in err
+
+
+def test_prepare_decodes_then_resumes(tmp_path, capsys):
+    import pytest
+
+    pytest.importorskip("av")
+    import mediafiles
+
+    raw = mediafiles.make_cremad_raw(tmp_path / "raw")
+    cfg = {"name": "c", "data": {"name": "cremad", "cache": str(tmp_path / "cache"),
+                                 "image_size": 16, "progress": False,
+                                 "audio": {"preset": "crema_d", "sample_rate": 8000,
+                                           "duration": 0.25, "n_fft": 64, "hop_length": 32}},
+           "model": {"encoders": {"audio": {"type": "resnet18", "width": 4},
+                                  "visual": {"type": "resnet18", "width": 4}}}}
+    path = _write(tmp_path, cfg)
+    assert main(["prepare", "-c", str(path), "--set", f"data.raw={raw}"]) == 0
+    assert "12 clips" in capsys.readouterr().out and (tmp_path / "cache/manifest.json").is_file()
+    assert main(["prepare", "-c", str(path), "--set", f"data.raw={raw}"]) == 0
+    assert "0 decoded now, 12 already cached" in capsys.readouterr().out

@@ -63,8 +63,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     options = {k: v for k, v in cfg.data.items() if k != "name"}
-    report = prepare_dataset(cfg.data["name"], options)
-    print(report)
+    r = prepare_dataset(cfg.data["name"], options)
+    print(f"{r.dataset}: {r.clips} clips in {r.cache}: {r.decoded} decoded now, {r.cached} "
+          f"already cached, {r.skipped} skipped (listed in failed.jsonl); "
+          f"{r.removed_temporaries} stale temporary files removed; {r.seconds:.1f} s")
     return 0
 
 
