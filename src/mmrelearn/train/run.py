@@ -9,7 +9,7 @@ from typing import Any, Optional, Union
 
 import torch
 import yaml
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..data import DataBundle, build_data
@@ -84,16 +84,11 @@ def _one_thread(worker_id: int) -> None:
 
 def _loaders(cfg: Config, data: DataBundle, gen: torch.Generator) -> dict[str, DataLoader]:
     t = cfg.train
-    # Every loader iteration draws a worker base seed from the loader's generator (from the
-    # global RNG without one): a generator of their own keeps the batch order (from ``gen``)
-    # and the global RNG (dropout) the same whatever the number of workers.
-    kw: dict = dict(num_workers=t.num_workers,
-                    generator=torch.Generator().manual_seed(cfg.seed + 1))
+    kw: dict = dict(num_workers=t.num_workers)
     if t.num_workers > 0:
         kw.update(worker_init_fn=_one_thread)
-    order = RandomSampler(data.train, generator=gen)
     loaders = {
-        "train": DataLoader(data.train, batch_size=t.batch_size, sampler=order, **kw),
+        "train": DataLoader(data.train, batch_size=t.batch_size, shuffle=True, generator=gen, **kw),
         "diag_train": DataLoader(data.train, batch_size=t.eval_batch_size, **kw),
         "val": DataLoader(data.val, batch_size=t.eval_batch_size, **kw),
         "test": DataLoader(data.test, batch_size=t.eval_batch_size, **kw),
