@@ -15,12 +15,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-import torch
 
-from .audio import SpectrogramConfig, spectrogram_config, spectrogram_shape
+from .audio import SpectrogramConfig, spectrogram_config
 from .base import RawData, register_dataset
-from .lazy import LazyMultimodalDataset
-from .media import CachedClipLoader, ClipSource, check_clip_options, official_split
+from .media import ClipSource, cached_clips_data, check_clip_options
 from .prepare import (PrepareReport, cache_complete, clip_settings, open_cache, prepare_clips,
                       register_preparer)
 
@@ -140,13 +138,7 @@ def load_cremad(cache: str, raw: Optional[str] = None,
     if raw is not None and not cache_complete(cache):
         prepare_cremad(raw, cache, frames, image_size, cfg, on_error, progress)
     manifest, kept = open_cache(cache, settings, "cremad", on_error)
-    dropped = {c["clip"] for c in manifest["clips"]} - {c["clip"] for c in kept}
-    labels = torch.tensor([EMOTIONS.index(c["label"]) for c in kept], dtype=torch.long)
-    loader = CachedClipLoader(cache, [c["clip"] for c in kept], modalities, cfg, normalize,
-                              noise)
-    shapes = {m: spectrogram_shape(cfg) if m == "audio" else (frames, 3, image_size, image_size)
-              for m in modalities}
-    return RawData(inputs=None, dataset=LazyMultimodalDataset(loader, labels, shapes),
-                   labels=labels, num_classes=len(EMOTIONS), class_names=list(EMOTIONS),
-                   groups=[c["group"] for c in kept],
-                   splits=official_split(kept, dropped, train_list, test_list))
+    return cached_clips_data(cache, manifest, kept, EMOTIONS, modalities=modalities, cfg=cfg,
+                             frames=frames, image_size=image_size, normalize=normalize,
+                             noise=noise, train_list=train_list, test_list=test_list,
+                             groups=True)

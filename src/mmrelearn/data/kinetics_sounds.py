@@ -14,12 +14,10 @@ from __future__ import annotations
 from pathlib import Path, PurePath
 from typing import Any, Mapping, Optional, Sequence, Union
 
-import torch
 
-from .audio import SpectrogramConfig, spectrogram_config, spectrogram_shape
+from .audio import SpectrogramConfig, spectrogram_config
 from .base import RawData, register_dataset
-from .lazy import LazyMultimodalDataset
-from .media import (CachedClipLoader, ClipSource, check_clip_options, official_split, read_pairs)
+from .media import ClipSource, cached_clips_data, check_clip_options, read_pairs
 from .prepare import (PrepareReport, cache_complete, clip_settings, open_cache, prepare_clips,
                       register_preparer)
 
@@ -155,12 +153,7 @@ def load_kinetics_sounds(cache: str, raw: Optional[str] = None, list_file: Optio
     if set(found) - set(names):
         raise ValueError(f"{_NAME}: cache {cache} has classes {sorted(set(found) - set(names))}"
                          f" that are not in the classes option {names}")
-    dropped = {c["clip"] for c in manifest["clips"]} - {c["clip"] for c in kept}
-    labels = torch.tensor([names.index(c["label"]) for c in kept], dtype=torch.long)
-    loader = CachedClipLoader(cache, [c["clip"] for c in kept], modalities, cfg, normalize,
-                              noise)
-    shapes = {m: spectrogram_shape(cfg) if m == "audio" else (frames, 3, image_size, image_size)
-              for m in modalities}
-    return RawData(inputs=None, dataset=LazyMultimodalDataset(loader, labels, shapes),
-                   labels=labels, num_classes=len(names), class_names=names,
-                   splits=official_split(kept, dropped, train_list, test_list))
+    return cached_clips_data(cache, manifest, kept, names, modalities=modalities, cfg=cfg,
+                             frames=frames, image_size=image_size, normalize=normalize,
+                             noise=noise, train_list=train_list, test_list=test_list,
+                             groups=False)

@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import (SpectrogramConfig, add_waveform_noise, conform_wave, load_audio, spectrogram)
+from .audio import (SpectrogramConfig, add_waveform_noise, conform_wave, load_audio, spectrogram,
+                    spectrogram_shape)
+from .base import RawData
 from .frames import center_square, imagenet_normalize, segment_centres
-from .lazy import MediaError
+from .lazy import LazyMultimodalDataset, MediaError
 from .transforms import sample_generator
 
-__all__ = ["ClipSource", "resize_center_crop", "read_video_frames",
+__all__ = ["ClipSource", "cached_clips_data", "resize_center_crop", "read_video_frames",
            "read_video_audio", "decode_clip", "read_pairs", "official_split",
            "check_clip_options", "CachedClipLoader", 
            "CLIP_MODALITIES", "CACHE_PARTS"]
@@ -311,3 +313,26 @@ class CachedClipLoader:
 
     def __call__(self, i: int) -> dict[str, Tensor]:
         return self.inputs(self.arrays(i), i)
+
+
+def cached_clips_data(cache: Union[str, Path], manifest: Mapping[str, Any],
+                      kept: Sequence[Mapping[str, Any]], class_names: Sequence[str], *,
+                      modalities: Sequence[str], cfg: SpectrogramConfig, frames: int,
+                      image_size: int, normalize: bool, noise: Optional[tuple[float, int]],
+                      train_list: Optional[str], test_list: Optional[str],
+                      groups: bool) -> RawData:
+    """The :class:`RawData` of the clips ``kept`` of an opened cache (``open_cache``).
+
+    Labels index ``class_names``; ``groups`` takes each clip's group (e.g. the actor); clips
+    of the manifest that are not kept (failed to decode) are left out of the official split.
+    """
+    dropped = {c["clip"] for c in manifest["clips"]} - {c["clip"] for c in kept}
+    labels = torch.tensor([list(class_names).index(c["label"]) for c in kept], dtype=torch.long)
+    loader = CachedClipLoader(cache, [c["clip"] for c in kept], modalities, cfg, normalize,
+                              noise)
+    shapes = {m: spectrogram_shape(cfg) if m == "audio" else (frames, 3, image_size, image_size)
+              for m in modalities}
+    return RawData(inputs=None, dataset=LazyMultimodalDataset(loader, labels, shapes),
+                   labels=labels, num_classes=len(class_names), class_names=list(class_names),
+                   groups=[c["group"] for c in kept] if groups else None,
+                   splits=official_split(kept, dropped, train_list, test_list))
