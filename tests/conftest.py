@@ -92,3 +92,78 @@ def cli_train():
         return run_dir
 
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread: tiny convolutions are fastest on one thread, and on
+    a busy 2-core runner two intra-op threads mostly wait for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def refuses_one_modality():
+    """``refuses_one_modality(raw, tmp_path)``: the method of ``raw`` on a one-modality copy of
+    the tiny data must stop before its first epoch with an error naming the problem."""
+    from mmrelearn.config import config_from_dict
+    from mmrelearn.train import build_trainer
+
+    def check(raw, tmp_path):
+        raw["data"].update(dims=[6], separations=[3.0])
+        raw["model"]["encoders"] = {"m0": raw["model"]["encoders"]["m0"]}
+        trainer = build_trainer(config_from_dict(raw), tmp_path)
+        with pytest.raises(ValueError, match="at least 2 modalities"):
+            trainer.fit()
+        assert not (tmp_path / "metrics.jsonl").exists()
+
+    return check
+
+
+@pytest.fixture
+def reinit_run():
+    """``reinit_run(raw, run_dir)``: train ``raw`` recording the model state around every epoch
+    end, and check each D&R re-initialisation: every encoder parameter equals
+    ``(1 - alpha) before + alpha init`` (alpha of its modality), every other tensor (heads,
+    fusion, BatchNorm statistics) is untouched. Returns ``(trainer, init, seen)`` with
+    ``seen[epoch] = (before, after, report)``."""
+    import copy
+
+    import torch
+
+    from mmrelearn.config import config_from_dict
+    from mmrelearn.train import build_trainer
+
+    def run(raw, run_dir):
+        trainer = build_trainer(config_from_dict(raw), run_dir)
+        model, method = trainer.model, trainer.method
+        init, seen = copy.deepcopy(model.state_dict()), {}
+        original = method.on_train_epoch_end
+
+        def spy(ctx):
+            before = copy.deepcopy(model.state_dict())
+            report = original(ctx)
+            seen[ctx.epoch] = (before, copy.deepcopy(model.state_dict()), report)
+            return report
+
+        method.on_train_epoch_end = spy
+        trainer.fit()
+        for before, after, report in seen.values():
+            if report is None or not report["dnr"]["applied"]:
+                continue
+            alphas = report["dnr"]["modalities"]
+            for key in before:
+                buffer = "running_" in key or "num_batches" in key
+                if key.startswith("encoders.") and not buffer:
+                    a = alphas[key.split(".")[1]]["alpha"]
+                    expected = before[key] * (1 - a) + init[key] * a
+                    assert torch.allclose(after[key], expected, atol=1e-7), key
+                else:  # heads, fusion, BatchNorm statistics
+                    assert torch.equal(before[key], after[key]), key
+        return trainer, init, seen
+
+    return run

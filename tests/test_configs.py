@@ -88,15 +88,10 @@ def test_paper_configs_follow_the_paper(path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_trains_one_epoch(path, tmp_path):
+def test_config_trains_one_epoch(path, tmp_path, one_thread):
     over = _tiny_overrides(_data_name(path), tmp_path)
     cfg = load_config(path, ["train.epochs=1", "train.progress=false", "train.num_workers=0",
                              *over])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster on a busy 2-core machine
-    try:
-        summary = train(cfg, run_dir=tmp_path / "run")
-    finally:
-        torch.set_num_threads(threads)
+    summary = train(cfg, run_dir=tmp_path / "run")
     assert 0.0 <= summary["test"]["acc"] <= 1.0
     assert (tmp_path / "run/summary.json").is_file()

@@ -127,16 +127,6 @@ def test_split_files_give_the_official_split(cache, tmp_path):
     assert sorted(names[i] for i in train_val) == [n for n in names if n not in test_clips]
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny convolutions are fastest on one thread; on a busy 2-core runner, two OpenMP
-    # threads mostly wait for each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_one_epoch_training_run(raw, tmp_path, one_thread):
     from mmrelearn.config import config_from_dict
     from mmrelearn.train.run import train

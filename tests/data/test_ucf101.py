@@ -240,15 +240,6 @@ def test_build_data_keeps_official_test_and_carves_val_from_train(root):
     assert bundle.input_shapes == {"rgb": (2, 3, S, S), "flow": (2, 2, S, S)}
 
 
-@pytest.fixture
-def one_thread():
-    """Intra-op threads fight over a small shared CPU (a 16x16 ResNet step: ms vs 0.3 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_one_training_epoch(root, tmp_path, one_thread):
     from mmrelearn.config import config_from_dict
     from mmrelearn.train.run import train

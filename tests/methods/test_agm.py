@@ -10,10 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrelearn.config import config_from_dict
 from mmrelearn.methods.agm import AGM, ScaleGrad, agm_coefficients, shapley_values
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
-from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
 
 CPU = torch.device("cpu")
@@ -219,11 +217,5 @@ def test_cli_end_to_end(tiny_raw, tmp_path, cli_train):
     assert set(reports[-1]["agm"]["k_mean"]) == {"m0", "m1"}
 
 
-def test_refuses_a_single_modality(tiny_raw, tmp_path):
-    raw = _agm_raw(tiny_raw)
-    raw["data"].update(dims=[6], separations=[3.0])
-    raw["model"]["encoders"] = {"m0": raw["model"]["encoders"]["m0"]}
-    trainer = build_trainer(config_from_dict(raw), tmp_path)
-    with pytest.raises(ValueError, match="at least 2 modalities"):
-        trainer.fit()
-    assert not (tmp_path / "metrics.jsonl").exists()
+def test_refuses_a_single_modality(tiny_raw, tmp_path, refuses_one_modality):
+    refuses_one_modality(_agm_raw(tiny_raw), tmp_path)

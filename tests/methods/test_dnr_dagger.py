@@ -1,7 +1,6 @@
 """D&R-dagger: D&R plus a cross-entropy per unimodal head; re-learning leaves those heads alone."""
 from __future__ import annotations
 
-import copy
 import math
 from types import SimpleNamespace
 
@@ -39,33 +38,16 @@ def test_loss_terms_by_hand():
     assert float(terms["ce_v"]) == pytest.approx(ce_v)
 
 
-def test_relearning_touches_encoders_only_not_the_unimodal_heads(tiny_raw, tmp_path):
+def test_relearning_touches_encoders_only_not_the_unimodal_heads(tiny_raw, tmp_path, reinit_run):
     raw = _dagger_raw(tiny_raw)
     raw["train"]["epochs"] = 3
-    trainer = build_trainer(config_from_dict(raw), tmp_path)
-    model, method = trainer.model, trainer.method
-    assert model.unimodal_heads is not None
-    init = copy.deepcopy(model.state_dict())
-    seen = {}
-    original = method.on_train_epoch_end
-
-    def spy(ctx):
-        before = copy.deepcopy(model.state_dict())
-        report = original(ctx)
-        seen[ctx.epoch] = (before, copy.deepcopy(model.state_dict()), report)
-        return report
-
-    method.on_train_epoch_end = spy
-    trainer.fit()
+    # reinit_run checks: encoders moved by exactly alpha; unimodal heads, fused head, fusion
+    # and buffers untouched
+    trainer, init, seen = reinit_run(raw, tmp_path)
+    assert trainer.model.unimodal_heads is not None
     assert [e for e, (_, _, r) in seen.items() if r is not None] == [2]  # H = 2: epoch 2 only
     before, after, report = seen[2]
-    rep = report["dnr"]
-    for key in before:
-        if key.startswith("encoders.") and "running_" not in key and "num_batches" not in key:
-            a = rep["modalities"][key.split(".")[1]]["alpha"]
-            assert torch.allclose(after[key], before[key] * (1 - a) + init[key] * a, atol=1e-7)
-        else:  # unimodal heads, fused head, fusion, buffers
-            assert torch.equal(before[key], after[key]), key
+    assert report["dnr"]["applied"]
     assert any(k.startswith("unimodal_heads.") for k in before)
     # the unimodal heads are trained by their own CE
     assert not torch.equal(init["unimodal_heads.m1.weight"], after["unimodal_heads.m1.weight"])

@@ -166,14 +166,8 @@ def test_cli_end_to_end(tiny_raw, tmp_path, cli_train):
     assert set(records[0]["train"]) == {"ce", "pce", "entropy", "total"}
 
 
-def test_refuses_a_single_modality(tiny_raw, tmp_path):
-    raw = _pmr_raw(tiny_raw)
-    raw["data"].update(dims=[6], separations=[3.0])
-    raw["model"]["encoders"] = {"m0": raw["model"]["encoders"]["m0"]}
-    trainer = build_trainer(config_from_dict(raw), tmp_path)
-    with pytest.raises(ValueError, match="at least 2 modalities"):
-        trainer.fit()
-    assert not (tmp_path / "metrics.jsonl").exists()
+def test_refuses_a_single_modality(tiny_raw, tmp_path, refuses_one_modality):
+    refuses_one_modality(_pmr_raw(tiny_raw), tmp_path)
     with pytest.raises(ValueError, match="form"):
         PMR(form="other")
 
