@@ -43,6 +43,7 @@ def test_unknown_key_is_named_with_valid_keys(tiny_raw, path, key, valid):
     ("optim", "lr", "fast", "optim.lr: expected float"),
     ("method", "every", 1.5, "method.every: expected int"),
     ("data", "dims", 6, "data.dims: expected a list"),
+    ("train", "select_metric", "val_loss", "train.select_metric: expected one of"),
 ])
 def test_wrong_type_is_named(tiny_raw, section, key, value, expected):
     tiny_raw[section][key] = value

@@ -315,3 +315,7 @@ def test_constructor_errors():
         DiagnoseRelearn(encoders, C, train, val, buffers="zero")
     with pytest.raises(ValueError):
         DiagnoseRelearn(encoders, C, train, val, momentum="clear")
+    with pytest.raises(ValueError, match="strength must be one of .* got 'cosine'"):
+        DiagnoseRelearn(encoders, C, train, val, strength="cosine")
+    with pytest.raises(ValueError, match="scale must be 'minmax' or 'none', got 'zscore'"):
+        DiagnoseRelearn(encoders, C, train, val, scale="zscore")

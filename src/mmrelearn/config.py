@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 import yaml
 
@@ -57,7 +57,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True
-    select_metric: str = "val_acc"  # val_acc | val_macro_f1 | val_weighted_f1
+    select_metric: Literal["val_acc", "val_macro_f1", "val_weighted_f1"] = "val_acc"
     log_test_every_epoch: bool = True  # for curves only, never for selection
     monitor_purity: bool = False  # per-epoch train/val purity of every modality
     monitor_max_samples: Optional[int] = None

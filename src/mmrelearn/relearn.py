@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .diagnose import cluster_purity, purity_gap, reinit_strength
+from .diagnose import STRENGTH_FUNCTIONS, cluster_purity, purity_gap, reinit_strength
 
 __all__ = [
     "snapshot",
@@ -254,6 +254,12 @@ class DiagnoseRelearn:
             raise ValueError("DiagnoseRelearn: momentum='reset' needs the optimizer")
         if buffers not in BUFFER_MODES:
             raise ValueError(f"DiagnoseRelearn: buffers must be one of {BUFFER_MODES}, got {buffers!r}")
+        # checked here, not at the first diagnosis H epochs into a run
+        if isinstance(strength, str) and strength not in STRENGTH_FUNCTIONS:
+            raise ValueError(f"DiagnoseRelearn: strength must be one of "
+                             f"{sorted(STRENGTH_FUNCTIONS)} or a callable, got {strength!r}")
+        if scale not in ("minmax", "none"):
+            raise ValueError(f"DiagnoseRelearn: scale must be 'minmax' or 'none', got {scale!r}")
         self.encoders = dict(encoders)
         self.num_classes = num_classes
         self.train_loader, self.val_loader = train_loader, val_loader
