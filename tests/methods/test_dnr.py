@@ -15,7 +15,7 @@ def _trainer(raw, run_dir):
 
 
 def test_reinit_touches_encoders_only_by_exact_alpha(tiny_raw, tmp_path, reinit_run):
-    tiny_raw["train"]["epochs"] = 3
+    tiny_raw["train"]["epochs"] = 4
     _, _, seen = reinit_run(tiny_raw, tmp_path)  # checks the Eq. 6 update of every tensor
     reports = {e: r for e, (_, _, r) in seen.items() if r is not None}
     assert list(reports) == [2]
@@ -61,7 +61,7 @@ def test_three_modalities_with_sum_fusion(tiny_raw, tmp_path):
     tiny_raw["data"].update(dims=[6, 6, 6], separations=[3.0, 1.0, 0.3])
     tiny_raw["model"] = {"fusion": "sum", "fusion_dim": 8,
                          "encoders": {m: {"type": "mlp", "hidden": [16]} for m in ("m0", "m1", "m2")}}
-    tiny_raw["train"]["epochs"] = 3
+    tiny_raw["train"]["epochs"] = 4
     trainer = _trainer(tiny_raw, tmp_path)
     fusion_before = copy.deepcopy(trainer.model.fusion.state_dict())
     trainer.fit()
@@ -71,3 +71,11 @@ def test_three_modalities_with_sum_fusion(tiny_raw, tmp_path):
     # the summation fusion trains normally (D&R leaving it alone is checked in the test above)
     assert any(not torch.equal(fusion_before[k], v)
                for k, v in trainer.model.fusion.state_dict().items())
+
+
+def test_no_reinit_after_the_last_epoch(tiny_raw, tmp_path):
+    tiny_raw["train"]["epochs"] = 3  # H = 2 would act at epoch 2, the last one
+    trainer = _trainer(tiny_raw, tmp_path)
+    trainer.fit()
+    assert not (tmp_path / "reports.jsonl").exists() or not read_jsonl(tmp_path / "reports.jsonl")
+    assert trainer.method.dr.times_applied == 0

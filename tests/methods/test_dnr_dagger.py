@@ -40,7 +40,7 @@ def test_loss_terms_by_hand():
 
 def test_relearning_touches_encoders_only_not_the_unimodal_heads(tiny_raw, tmp_path, reinit_run):
     raw = _dagger_raw(tiny_raw)
-    raw["train"]["epochs"] = 3
+    raw["train"]["epochs"] = 4
     # reinit_run checks: encoders moved by exactly alpha; unimodal heads, fused head, fusion
     # and buffers untouched
     trainer, init, seen = reinit_run(raw, tmp_path)
@@ -61,7 +61,7 @@ def test_resume_equals_uninterrupted(tiny_raw, tmp_path, resume_check):
 
 def test_cli_end_to_end(tiny_raw, tmp_path, cli_train):
     raw = _dagger_raw(tiny_raw, every=1)
-    raw["train"]["epochs"] = 3
+    raw["train"]["epochs"] = 4
     cli_train(raw, tmp_path / "run")
     assert [r["epoch"] for r in read_jsonl(tmp_path / "run/reports.jsonl")] == [1, 2]
     records = read_jsonl(tmp_path / "run/metrics.jsonl")

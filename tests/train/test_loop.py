@@ -93,6 +93,7 @@ def test_other_seed_other_run(tiny_raw, tmp_path):
 def test_resume_equals_uninterrupted(tiny_raw, resume_check, tmp_path):
     # Crash in the middle of epoch 3, after D&R acted at epoch 2: the run directory keeps the
     # checkpoint of epoch 2 and no summary; the resumed run ends as the uninterrupted one.
+    tiny_raw["train"]["epochs"] = 6  # D&R acts at 2 and 4, neither the last epoch
     _, wf, _, wc = resume_check(tiny_raw, tmp_path, crash_epoch=3)
     assert wf["method"]["times_applied"] == wc["method"]["times_applied"] == 2
 
@@ -130,12 +131,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_raw, tmp_path
 
 
 def test_run_directory_contents(tiny_raw, tmp_path):
+    tiny_raw["train"]["epochs"] = 6  # D&R acts at 2 and 4, neither the last epoch
     summary = train(config_from_dict(tiny_raw), run_dir=tmp_path)
     for name in ("config.yaml", "metrics.jsonl", "reports.jsonl", "summary.json", "curves.png",
                  "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (tmp_path / name).is_file(), name
     records = read_jsonl(tmp_path / "metrics.jsonl")
-    assert [r["epoch"] for r in records] == list(range(5))
+    assert [r["epoch"] for r in records] == list(range(6))
     # the best epoch is the one with the highest validation accuracy (first one on ties)
     accs = [r["val"]["acc"] for r in records]
     assert summary["best_epoch"] == accs.index(max(accs))

@@ -60,6 +60,8 @@ class DnR(Method):
             self._pending_state = None
 
     def on_train_epoch_end(self, ctx: FitContext) -> Optional[dict[str, Any]]:
+        if ctx.epoch == ctx.epochs - 1:
+            return None  # a re-initialisation after the last epoch would never be trained
         report = self.dr.step(ctx.epoch)
         return None if report is None else {"dnr": report.to_dict()}
 
