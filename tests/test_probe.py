@@ -33,6 +33,31 @@ def test_c_is_chosen_on_validation_not_test():
     assert out["C"] == 10.0 and out["val_acc"] == 0.0 and out["test_acc"] == 1.0
 
 
+def _noisy_parts(seed: int, n: int = 40, d: int = 20):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.standard_normal((n, d))
+    x[:, 0] += 0.8 * (2 * y - 1)  # one weakly informative column among 20
+    return x, y
+
+
+def test_c_is_the_validation_best_even_when_test_prefers_another():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train, val, test = _noisy_parts(3), _noisy_parts(4), _noisy_parts(5)
+    cs = (0.01, 0.1, 1.0, 10.0)
+    scaler = StandardScaler().fit(train[0])
+    fits = [LogisticRegression(C=c, max_iter=2000, random_state=0)
+            .fit(scaler.transform(train[0]), train[1]) for c in cs]
+    val_acc = [f.score(scaler.transform(val[0]), val[1]) for f in fits]
+    test_acc = [f.score(scaler.transform(test[0]), test[1]) for f in fits]
+    by_val, by_test = int(np.argmax(val_acc)), int(np.argmax(test_acc))
+    assert test_acc[by_val] < test_acc[by_test]  # the data make a test leak visible
+    out = probe_features(train, val, test, cs=cs)
+    assert out["C"] == cs[by_val] and out["test_acc"] == test_acc[by_val]
+
+
 def test_linear_probe_separates_informative_from_uninformative_modality():
     torch.manual_seed(0)
     data = build_data("synthetic", num_samples=300, num_classes=3, dims=[6, 6],

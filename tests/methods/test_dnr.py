@@ -25,12 +25,13 @@ def test_reinit_touches_encoders_only_by_exact_alpha(tiny_raw, tmp_path, reinit_
 
 
 def test_diagnosis_uses_train_and_val_only(tiny_raw, tmp_path):
+    tiny_raw["data"]["test_fraction"] = 0.3  # val and test of different sizes
     trainer = _trainer(tiny_raw, tmp_path)
     trainer.fit()
     reports = read_jsonl(tmp_path / "reports.jsonl")
     n_train, n_val = len(trainer.loaders["diag_train"].dataset), len(trainer.loaders["val"].dataset)
     n_test = len(trainer.loaders["test"].dataset)
-    assert (n_train, n_val, n_test) == (120, 60, 60)
+    assert (n_train, n_val, n_test) == (108, 60, 72)
     for r in reports:
         assert (r["dnr"]["n_train"], r["dnr"]["n_val"]) == (n_train, n_val)
     assert not hasattr(trainer.ctx, "test_loader")
