@@ -73,3 +73,26 @@ def test_linear_probe_separates_informative_from_uninformative_modality():
     with pytest.raises(ValueError, match=r"missing \['test'\]"):
         linear_probe(model, {"train": loaders["train"], "val": loaders["val"]},
                      torch.device("cpu"))
+
+
+def test_probe_run_caches_per_checkpoint_file(tiny_raw, tmp_path, monkeypatch):
+    import os
+
+    from mmrelearn import train as train_pkg
+    from mmrelearn.config import config_from_dict
+    from mmrelearn.probe import probe_run
+
+    tiny_raw["train"]["epochs"] = 1
+    train_pkg.train(config_from_dict(tiny_raw), run_dir=tmp_path / "run")
+    first = probe_run(tmp_path / "run")
+    assert set(first) == {"m0", "m1"}
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cached probe should have been used")
+
+    monkeypatch.setattr(train_pkg, "build_trainer", no_rebuild)
+    assert probe_run(tmp_path / "run") == first
+    ckpt = tmp_path / "run/checkpoints/best.pt"
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="cached probe"):  # a newer checkpoint file
+        probe_run(tmp_path / "run")

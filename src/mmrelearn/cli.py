@@ -51,9 +51,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out[split] = evaluate(trainer.model, trainer.loaders[split], trainer.device,
                               trainer.num_classes)
     if args.probe:
-        from .probe import probe_run
+        from .probe import probe_trainer
 
-        out["probe"] = probe_run(run_dir, args.checkpoint)
+        out["probe"] = probe_trainer(trainer, cfg.seed)
     print(json.dumps(out, indent=2))
     return 0
 

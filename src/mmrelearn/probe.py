@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 
 from .relearn import extract_features, model_features
 
-__all__ = ["linear_probe", "probe_features", "probe_run", "DEFAULT_C"]
+__all__ = ["linear_probe", "probe_features", "probe_trainer", "probe_run", "DEFAULT_C"]
 
 #: inverse regularisation strengths tried, chosen on validation accuracy.
 DEFAULT_C: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
@@ -83,8 +83,18 @@ def linear_probe(model: nn.Module, loaders: Mapping[str, Iterable], device: torc
     return out
 
 
+def probe_trainer(trainer: Any, seed: int) -> dict[str, dict[str, float]]:
+    """:func:`linear_probe` of a built :class:`~mmrelearn.train.Trainer`'s model on its own
+    training (fixed order), validation and test loaders."""
+    loaders = {"train": trainer.loaders["diag_train"], "val": trainer.loaders["val"],
+               "test": trainer.loaders["test"]}
+    return linear_probe(trainer.model, loaders, trainer.device, seed=seed)
+
+
 def probe_run(run_dir: Union[str, Path], checkpoint: str = "best") -> dict[str, dict[str, float]]:
-    """:func:`linear_probe` of a finished run's checkpoint, cached in ``run_dir/probe.json``.
+    """:func:`probe_trainer` of a finished run's checkpoint, cached in
+    ``run_dir/probe_<checkpoint>.json`` for that very checkpoint file (a newer one, e.g. after
+    a resume, is probed again).
 
     The run's own config rebuilds its data (same splits) and model; the probe's seed is the
     run's seed.
@@ -93,18 +103,20 @@ def probe_run(run_dir: Union[str, Path], checkpoint: str = "best") -> dict[str, 
     from .train.checkpoint import atomic_write_text
 
     run_dir = Path(run_dir)
-    cached = run_dir / f"probe_{checkpoint}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt} does not exist; is {run_dir} a finished run?")
+    stamp = [ckpt.stat().st_mtime_ns, ckpt.stat().st_size]
+    cached = run_dir / f"probe_{checkpoint}.json"
+    if cached.is_file():
+        stored = json.loads(cached.read_text())
+        if stored.get("checkpoint") == stamp:
+            return stored["modalities"]
     cfg = load_run_config(run_dir)
     trainer = build_trainer(cfg, run_dir)
     state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
     trainer.model.load_state_dict(state["model"])
-    loaders = {"train": trainer.loaders["diag_train"], "val": trainer.loaders["val"],
-               "test": trainer.loaders["test"]}
-    out = linear_probe(trainer.model, loaders, trainer.device, seed=cfg.seed)
-    atomic_write_text(json.dumps(out, indent=2) + "\n", cached)
+    out = probe_trainer(trainer, cfg.seed)
+    atomic_write_text(json.dumps({"checkpoint": stamp, "modalities": out}, indent=2) + "\n",
+                      cached)
     return out
