@@ -28,7 +28,8 @@ from torch import nn
 
 from ..models import ModelOutput
 
-__all__ = ["FitContext", "Method", "METHODS", "register_method", "require_unimodal_heads"]
+__all__ = ["FitContext", "Method", "METHODS", "register_method", "require_unimodal_heads",
+           "true_class_scores"]
 
 Batch = tuple[Mapping[str, torch.Tensor], torch.Tensor]
 
@@ -120,3 +121,11 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
         return cls
 
     return add
+
+
+def true_class_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor
+                      ) -> dict[str, float]:
+    """s_m = sum over the batch of softmax(logits_m)[y]: the per-modality score OGM-GE
+    (Eq. 9) and PMR (release) compare. ``logits[m]`` is (B, C), ``labels`` (B,)."""
+    return {m: float(F.softmax(lg.detach(), 1).gather(1, labels[:, None]).sum())
+            for m, lg in logits.items()}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import ModelOutput
-from .base import FitContext, Method, register_method
+from .base import FitContext, Method, register_method, true_class_scores
 
 __all__ = ["OGMGE", "ogm_coefficients", "split_logits"]
 
@@ -121,8 +121,7 @@ class OGMGE(Method):
             terms["probe_ce"] = sum(F.cross_entropy(lg, labels) for lg in logits.values())
         else:
             logits = split_logits(ctx.model, output.features)  # m -> (B, C)
-        self.scores = {m: float(F.softmax(lg.detach(), 1).gather(1, labels[:, None]).sum())
-                       for m, lg in logits.items()}
+        self.scores = true_class_scores(logits, labels)
         return terms
 
     def _rule(self) -> str:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import ModelOutput
-from .base import FitContext, Method, register_method
+from .base import FitContext, Method, register_method, true_class_scores
 
 __all__ = ["PMR", "prototype_logits", "prototype_scores", "pce_coefficients"]
 
@@ -30,10 +30,8 @@ def prototype_logits(z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     return -sq.clamp_min(1e-12).sqrt()
 
 
-def prototype_scores(logits: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
-    """s_m = sum over the batch of softmax(prototype logits of m)[y] (the release's score)."""
-    return {m: float(F.softmax(lg.detach(), 1).gather(1, labels[:, None]).sum())
-            for m, lg in logits.items()}
+#: s_m = sum over the batch of softmax(prototype logits of m)[y] (the release's score).
+prototype_scores = true_class_scores
 
 
 def pce_coefficients(scores: Mapping[str, float], alpha: float, form: str) -> dict[str, float]:
