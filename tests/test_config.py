@@ -44,6 +44,10 @@ def test_unknown_key_is_named_with_valid_keys(tiny_raw, path, key, valid):
     ("method", "every", 1.5, "method.every: expected int"),
     ("data", "dims", 6, "data.dims: expected a list"),
     ("train", "select_metric", "val_loss", "train.select_metric: expected one of"),
+    ("data", "val_fraction", "lots", "data.val_fraction: expected float"),
+    ("data", "split_by", "speaker", "data.split_by: expected one of"),
+    ("data", "standardize", "yes", "data.standardize: expected bool"),
+    ("data", "test_groups", "theo", "data.test_groups: expected Sequence"),
 ])
 def test_wrong_type_is_named(tiny_raw, section, key, value, expected):
     tiny_raw[section][key] = value

@@ -82,6 +82,12 @@ class Config:
 # ---------------------------------------------------------------- type checking
 
 def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Union or origin is types.UnionType:  # Optional[X] -> "X or null"
+        return " or ".join("null" if a is type(None) else _type_name(a)
+                           for a in typing.get_args(hint))
+    if origin is not None:  # e.g. Sequence[str]
+        return str(hint).replace("typing.", "").replace("collections.abc.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -191,12 +197,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def config_from_dict(raw: Mapping[str, Any]) -> Config:
     """Build and fully check a :class:`Config` (registered builders' keys included)."""
-    from .data import DATASETS, SPLIT_KEYS
+    from .data import DATASETS, SPLIT_KEYS, build_data
     from .methods import METHODS
     from .models import ENCODERS
 
     cfg = _from_dict(Config, raw, "")
-    cfg.data = _named_section("data", cfg.data, DATASETS, reserved=SPLIT_KEYS)
+    cfg.data = _named_section("data", cfg.data, DATASETS, reserved=SPLIT_KEYS,
+                              reserved_by=build_data)
     cfg.method = _named_section("method", cfg.method, METHODS)
     for modality, spec in cfg.model.encoders.items():
         cfg.model.encoders[modality] = _named_section(
@@ -207,14 +214,17 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
 
 def _named_section(section: str, raw: Mapping[str, Any], registry: Mapping[str, Callable],
                    name_key: str = "name", reserved: Mapping[str, Any] = None,
+                   reserved_by: Optional[Callable] = None,
                    skip: tuple[str, ...] = ()) -> dict[str, Any]:
     raw = dict(raw)
     name = raw.pop(name_key, None)
     if name not in registry:
         raise ConfigError(f"{section}.{name_key}: {name!r} is not one of {sorted(registry)}")
     fixed = {}
-    for key, default in (reserved or {}).items():
-        fixed[key] = raw.pop(key, default)
+    hints = typing.get_type_hints(reserved_by) if reserved_by is not None else {}
+    for key, default in (reserved or {}).items():  # typed by the function that takes them
+        fixed[key] = (check_type(raw.pop(key), hints.get(key, Any), f"{section}.{key}")
+                      if key in raw else default)
     target = registry[name]
     for s in skip:
         if s in raw:

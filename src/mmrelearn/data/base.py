@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -187,7 +187,7 @@ def _whole(raw: RawData, name: str) -> MultimodalDataset | LazyMultimodalDataset
 
 
 def build_data(name: str, *, val_fraction: float, test_fraction: float, split_seed: int,
-               holdout_fraction: float = 0.0, split_by: str = "class",
+               holdout_fraction: float = 0.0, split_by: Literal["class", "group"] = "class",
                test_groups: Optional[Sequence[str]] = None,
                val_groups: Optional[Sequence[str]] = None, standardize: bool = True,
                noise: Optional[Mapping[str, Any]] = None, seed: int = 0,
