@@ -30,6 +30,12 @@ def _strip_time(records):
 
 
 @pytest.fixture
+def strip_time():
+    """``strip_time(records)``: metrics records without their wall times, for comparisons."""
+    return _strip_time
+
+
+@pytest.fixture
 def resume_check(monkeypatch):
     """Run ``raw`` uninterrupted and crashed in epoch ``crash_epoch`` then resumed; assert both
     end with identical summaries, metrics.jsonl (times aside) and final weights.

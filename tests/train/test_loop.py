@@ -12,10 +12,6 @@ from mmrelearn.train import NonFiniteLossError, RunExistsError, build_trainer, t
 from mmrelearn.train.checkpoint import read_jsonl
 
 
-def _strip_time(records):
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
-
-
 class Recorder(Method):
     """Records every hook call (name, epoch)."""
 
@@ -70,12 +66,12 @@ def test_hook_order(tiny_raw, tmp_path):
     assert rec.calls == expected
 
 
-def test_same_seed_same_run(tiny_raw, tmp_path):
+def test_same_seed_same_run(tiny_raw, tmp_path, strip_time):
     a = train(config_from_dict(tiny_raw), run_dir=tmp_path / "a")
     b = train(config_from_dict(tiny_raw), run_dir=tmp_path / "b")
     assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
     ra, rb = (read_jsonl(tmp_path / d / "metrics.jsonl") for d in "ab")
-    assert _strip_time(ra) == _strip_time(rb)
+    assert strip_time(ra) == strip_time(rb)
     wa = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=False)["model"]
     wb = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=False)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -141,7 +141,8 @@ class Trainer:
             for k, v in floats.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_batches += 1
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if self.cfg.progress:
+                bar.set_postfix(loss=f"{sum(floats.values()):.4f}")  # no extra device sync
         if self.scheduler is not None:
             self.scheduler.step()
         means = {k: v / max(n_batches, 1) for k, v in sums.items()}
