@@ -105,6 +105,8 @@ def test_noise_comes_after_standardization(toy):
     ({"modality": "m1", "snr_db": 0.0, "sdr": 1}, r"'sdr'.*valid keys.*'snr_db'"),
     ({"modality": "m7", "snr_db": 0.0}, r"'m7'.*\['m0', 'm1'\]"),
     ({"modality": "m1"}, r"missing.*'snr_db'"),
+    ({"modality": "m1", "snr_db": float("nan")}, r"noise.snr_db: expected a finite number"),
+    ({"modality": "m1", "snr_db": "ten"}, r"noise.snr_db: expected a finite number.*'ten'"),
 ])
 def test_noise_errors_name_the_key(noise, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -70,6 +70,12 @@ def test_split_indices_predefined_carves_val_from_train_only():
     assert full["val"].tolist() == [0]
     with pytest.raises(ValueError, match=r"missing \['test'\]"):
         split_indices(LABELS, predefined={"train": pre["train"]}, **SPLIT)
+    with pytest.raises(ValueError, match="test_groups: this dataset has an official test"):
+        split_indices(LABELS, predefined=pre, split_by="group", groups=GROUPS,
+                      test_groups=["s0"], **SPLIT)
+    with pytest.raises(ValueError, match="val_groups: this dataset's official split has"):
+        split_indices(LABELS, predefined={**pre, "val": torch.tensor([0])}, split_by="group",
+                      groups=GROUPS, val_groups=["s0"], **SPLIT)
 
 
 def test_split_by_errors():

@@ -28,10 +28,8 @@ from .transforms import sample_generator
 
 __all__ = ["ClipSource", "cached_clips_data", "resize_center_crop", "read_video_frames",
            "read_video_audio", "decode_clip", "read_pairs", "official_split",
-           "check_clip_options", "CachedClipLoader", 
-           "CLIP_MODALITIES", "CACHE_PARTS"]
+           "check_clip_options", "CachedClipLoader", "CLIP_MODALITIES", "CACHE_PARTS"]
 
-#: ImageNet per-channel statistics (RGB) used to normalise frames in [0, 1].
 #: the modalities a clip gives, and the arrays cached per clip (``<cache>/<part>/<clip>.npy``).
 CLIP_MODALITIES = ("audio", "visual")
 CACHE_PARTS = ("visual", "audio", "wave")
@@ -103,7 +101,7 @@ def _declared_frames(path: Union[str, Path]) -> int:
 
 
 def read_video_frames(path: Union[str, Path], num_frames: int, size: int) -> Tensor:
-    """Decode a clip and keep ``num_frames`` evenly spaced frames (see :func:`frame_indices`).
+    """Decode a clip and keep ``num_frames`` evenly spaced frames (see :func:`~mmrelearn.data.frames.segment_centres`).
 
     Each chosen frame is resized (shorter side ``size``) and centre-cropped to a square.
 

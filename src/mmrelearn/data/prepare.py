@@ -316,7 +316,3 @@ def prepare_dataset(name: str, options: Mapping[str, Any]) -> PrepareReport:
             raise ValueError(f"prepare {name}: option {key!r} is not set; give {what} "
                              f"(data.{key}, e.g. --set data.{key}=/path)")
     return fn(**{k: v for k, v in opts.items() if k in own})
-
-
-# The dataset modules register their prepare steps on import (explicit, no file scanning).
-from . import cremad, kinetics_sounds  # noqa: E402,F401

@@ -128,7 +128,12 @@ def split_indices(labels: Tensor, *, val_fraction: float, test_fraction: float,
     missing = sorted({"train", "test"} - set(predefined))
     if missing:
         raise ValueError(f"a predefined split needs 'train' and 'test' parts; missing {missing}")
+    if test_groups:
+        raise ValueError("test_groups: this dataset has an official test split (list files); "
+                         "drop test_groups, or the list files")
     if "val" in predefined:
+        if val_groups:
+            raise ValueError("val_groups: this dataset's official split has a validation part")
         return {k: predefined[k] for k in ("train", "val", "test")}
     base = predefined["train"]
     if split_by == "group":

@@ -1,6 +1,7 @@
 """Data degradations: additive white Gaussian noise at a chosen signal-to-noise ratio."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -53,6 +54,9 @@ def _noise_options(noise: Mapping[str, Any], modalities: list[str]) -> dict[str,
         raise ValueError(f"noise.modality: {opts['modality']!r} is not one of {modalities}")
     if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int) or opts["seed"] < 0:
         raise ValueError(f"noise.seed: expected a non-negative int, got {opts['seed']!r}")
+    snr = opts["snr_db"]
+    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not math.isfinite(snr):
+        raise ValueError(f"noise.snr_db: expected a finite number of decibels, got {snr!r}")
     return opts
 
 
