@@ -151,3 +151,19 @@ def test_build_data_rejects_bad_raw(monkeypatch):
         {"v": torch.zeros(N, 2)}, LABELS, 2, groups=["a"]))
     with pytest.raises(ValueError, match="1 groups for 24 samples"):
         build_data("badgroups", **SPLIT)
+
+
+def test_noise_is_the_same_in_memory_and_read_from_files(monkeypatch):
+    load = _Load()
+    memory = {m: torch.stack([load(i)[m] for i in range(N)]) for m in ("v", "img")}
+    monkeypatch.setitem(DATASETS, "mem", lambda: RawData(memory, LABELS, 2))
+    monkeypatch.setitem(DATASETS, "files", lambda: RawData(None, LABELS, 2, dataset=_lazy()))
+    noise = {"modality": "v", "snr_db": 0.0, "seed": 5}
+    a = build_data("mem", noise=noise, standardize=False, **SPLIT)
+    b = build_data("files", noise=noise, standardize=False, **SPLIT)
+    for split in ("train", "val", "test"):
+        xa = getattr(a, split).inputs["v"]
+        xb = torch.stack([x["v"] for x, _ in getattr(b, split)])
+        assert torch.equal(xa, xb), split
+        ids = getattr(a, split).inputs["img"][:, 0, 0, 0].long()  # sample i has img == i
+        assert not torch.equal(xa, memory["v"][ids])  # the noise is there

@@ -154,23 +154,18 @@ def _call_builder(name: str, seed: int, options: dict[str, Any]) -> RawData:
         raise ValueError(f"dataset {name!r}: {err}; valid options: {sorted(params)}") from err
 
 
-def _standardize(parts: dict[str, MultimodalDataset]) -> dict[str, MultimodalDataset]:
-    """(x - mean) / std for every vector modality; statistics from ``parts['train']`` only."""
-    train = parts["train"]
-    if not isinstance(train, MultimodalDataset):
-        return dict(parts)  # samples read from files: their loader normalises them
-    stats = {}
-    for m, x in train.inputs.items():
+def _standardize(whole: MultimodalDataset | LazyMultimodalDataset,
+                 train_idx: Tensor) -> MultimodalDataset | LazyMultimodalDataset:
+    """(x - mean) / std for every vector modality; statistics from the rows ``train_idx``."""
+    if not isinstance(whole, MultimodalDataset):
+        return whole  # samples read from files: their loader normalises them
+    inputs = dict(whole.inputs)
+    for m, x in whole.inputs.items():
         if x.dim() == 2:  # (N, D) vector features; images etc. are left alone
-            mean = x.mean(dim=0)  # (D,)
-            std = x.std(dim=0, unbiased=False) if len(x) > 0 else torch.ones_like(mean)
-            stats[m] = (mean, torch.where(std > 0, std, torch.ones_like(std)))
-    out = {}
-    for split, ds in parts.items():
-        inputs = {m: (x - stats[m][0]) / stats[m][1] if m in stats else x
-                  for m, x in ds.inputs.items()}
-        out[split] = MultimodalDataset(inputs, ds.labels)
-    return out
+            train = x[train_idx]  # (n_train, D); the training split is never empty here
+            mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False)  # (D,)
+            inputs[m] = (x - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    return MultimodalDataset(inputs, whole.labels)
 
 
 def _whole(raw: RawData, name: str) -> MultimodalDataset | LazyMultimodalDataset:
@@ -207,7 +202,7 @@ def build_data(name: str, *, val_fraction: float, test_fraction: float, split_se
         standardize: z-score vector (1-D per sample) modalities with statistics of the whole
             training split (holdout included: it is training data, never val or test).
         noise: ``{"modality", "snr_db", "seed"}``: Gaussian noise at that SNR on one modality
-            of every split (see :func:`mmrelearn.data.transforms.apply_noise`).
+            of every sample, seeded per sample (see :func:`mmrelearn.data.transforms.apply_noise`).
         seed: seed of generated data, passed to builders that take a ``seed`` option.
         **options: the builder's own options (e.g. ``modalities`` for mfeat).
 
@@ -225,13 +220,14 @@ def build_data(name: str, *, val_fraction: float, test_fraction: float, split_se
     if len(index["train"]) == 0:
         raise ValueError(f"dataset {name!r}: the training split is empty; check "
                          f"val_fraction/test_fraction/split_by")
-    parts = {split: whole.subset(idx) for split, idx in index.items()}
-    # Standardisation and noise act on the whole training split BEFORE a method's holdout is
-    # carved out of it, so every method sees the very same tensors whatever its holdout.
+    # Standardisation (training statistics) and noise (seeded per sample) act on the whole
+    # dataset before it is split and before a method's holdout is carved out of training, so
+    # every method sees the very same tensors whatever its holdout.
     if standardize:
-        parts = _standardize(parts)
+        whole = _standardize(whole, index["train"])
     if noise is not None:
-        parts = apply_noise(parts, noise)
+        whole = apply_noise(whole, noise)
+    parts = {split: whole.subset(idx) for split, idx in index.items()}
     if holdout_fraction > 0:
         keep, hold = stratified_split(parts["train"].labels,
                                       [1.0 - holdout_fraction, holdout_fraction], split_seed + 1)

@@ -10,14 +10,12 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from .base import MultimodalDataset
+    from .lazy import LazyMultimodalDataset
 
-__all__ = ["add_noise_snr", "apply_noise", "SampleNoise", "sample_generator", "NOISE_KEYS",
-           "SPLIT_INDEX"]
+__all__ = ["add_noise_snr", "apply_noise", "SampleNoise", "sample_generator", "NOISE_KEYS"]
 
 #: keys of a ``noise`` mapping -> default (``None``: required).
 NOISE_KEYS: dict[str, Any] = {"modality": None, "snr_db": None, "seed": 0}
-#: fixed index of each split in the noise seed, so one split's noise never depends on another.
-SPLIT_INDEX: dict[str, int] = {"train": 0, "val": 1, "test": 2, "holdout": 3}
 
 
 def add_noise_snr(x: Tensor, snr_db: float, generator: torch.Generator) -> Tensor:
@@ -60,12 +58,6 @@ def _noise_options(noise: Mapping[str, Any], modalities: list[str]) -> dict[str,
     return opts
 
 
-def _split_generator(seed: int, split: str) -> torch.Generator:
-    # SeedSequence mixes (seed, split index) into one well-spread 63-bit seed.
-    state = np.random.SeedSequence([seed, SPLIT_INDEX[split]]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
-
-
 def sample_generator(seed: int, index: int) -> torch.Generator:
     """A generator seeded from (seed, index): the same draws for sample ``index`` everywhere."""
     state = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]
@@ -88,29 +80,25 @@ class SampleNoise:
         return {**inputs, self.modality: noisy[0]}
 
 
-def apply_noise(parts: Mapping[str, MultimodalDataset],
-                noise: Mapping[str, Any]) -> dict[str, MultimodalDataset]:
-    """Degrade ``noise['modality']`` of every split with :func:`add_noise_snr`.
+def apply_noise(whole: MultimodalDataset | LazyMultimodalDataset,
+                noise: Mapping[str, Any]) -> MultimodalDataset | LazyMultimodalDataset:
+    """Degrade ``noise['modality']`` of every sample of the WHOLE dataset (before splitting).
+
+    Sample i gets :class:`SampleNoise`'s draw from ``sample_generator(seed, i)``, whether its
+    tensors are held in memory or read from files, so the noise of a sample depends on
+    nothing but (seed, i): not on its split, the other samples, or the method.
 
     Args:
-        parts: split name (train/val/test/holdout) -> dataset.
+        whole: the dataset before splitting.
         noise: ``{"modality": str, "snr_db": float, "seed": int (default 0)}``.
-
-    Returns:
-        New datasets; split s uses a generator seeded from (seed, index of s), so the same
-        arguments always give the same noisy tensors. Datasets read from files get a
-        :class:`SampleNoise` transform instead (seeded per sample).
     """
     from .base import MultimodalDataset  # base imports this module
 
-    modalities = next(iter(parts.values())).modalities
-    opts = _noise_options(noise, modalities)
-    m, out = opts["modality"], {}
-    if not isinstance(next(iter(parts.values())), MultimodalDataset):  # read from files
-        fn = SampleNoise(m, float(opts["snr_db"]), opts["seed"])
-        return {split: ds.with_transform(fn) for split, ds in parts.items()}
-    for split, ds in parts.items():
-        gen = _split_generator(opts["seed"], split)
-        noisy = add_noise_snr(ds.inputs[m].float(), float(opts["snr_db"]), gen)
-        out[split] = MultimodalDataset({**ds.inputs, m: noisy}, ds.labels)
-    return out
+    opts = _noise_options(noise, whole.modalities)
+    fn = SampleNoise(opts["modality"], float(opts["snr_db"]), opts["seed"])
+    if not isinstance(whole, MultimodalDataset):  # read from files: noised at each access
+        return whole.with_transform(fn)
+    x = whole.inputs[opts["modality"]]
+    noisy = torch.stack([fn({opts["modality"]: x[i]}, i)[opts["modality"]]
+                         for i in range(len(x))])  # (N, ...)
+    return MultimodalDataset({**whole.inputs, opts["modality"]: noisy}, whole.labels)
