@@ -7,6 +7,8 @@ frozen :class:`SpectrogramConfig`; :data:`SPECTROGRAM_PRESETS` holds the publish
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import struct
 import wave as wavelib
@@ -320,6 +322,15 @@ def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0
     return torch.clamp(torch.minimum(rise, fall), min=0.0).float()
 
 
+@functools.lru_cache(maxsize=16)
+def _stft_constants(cfg: SpectrogramConfig) -> tuple[Tensor, Optional[Tensor]]:
+    """The window and (log-mel) filterbank of ``cfg``: built once per config, not per clip."""
+    win = cfg.win_length or cfg.n_fft
+    fb = (mel_filterbank(cfg.n_fft // 2 + 1, cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.f_max)
+          if cfg.kind == "log_mel" else None)
+    return torch.hann_window(win, periodic=True), fb
+
+
 def spectrogram(wave: Tensor, cfg: SpectrogramConfig) -> Tensor:
     """Log spectrogram of (n,) or (B, n) waveforms of ``cfg.num_samples`` samples.
 
@@ -329,13 +340,12 @@ def spectrogram(wave: Tensor, cfg: SpectrogramConfig) -> Tensor:
     if wave.dim() not in (1, 2) or wave.shape[-1] != cfg.num_samples:
         raise ValueError(f"spectrogram: expected a waveform (n,) or (B, n) with n = "
                          f"{cfg.num_samples} samples, got shape {tuple(wave.shape)}")
-    win = cfg.win_length or cfg.n_fft
-    stft = torch.stft(wave.float(), cfg.n_fft, hop_length=cfg.hop_length, win_length=win,
-                      window=torch.hann_window(win, periodic=True), center=cfg.center,
+    window, fb = _stft_constants(cfg)
+    stft = torch.stft(wave.float(), cfg.n_fft, hop_length=cfg.hop_length,
+                      win_length=window.shape[0], window=window, center=cfg.center,
                       pad_mode="reflect", return_complex=True)  # (..., n_fft // 2 + 1, T)
     x = stft.abs() if cfg.power == 1 else stft.abs().pow(cfg.power)
-    if cfg.kind == "log_mel":
-        fb = mel_filterbank(x.shape[-2], cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.f_max)
+    if fb is not None:
         x = torch.matmul(fb, x)  # (n_mels, F) @ (..., F, T) -> (..., n_mels, T)
     return torch.log(x + cfg.log_offset)
 
