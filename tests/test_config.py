@@ -11,7 +11,7 @@ from mmrelearn.config import (ConfigError, apply_overrides, check_type, config_f
 def test_tiny_config_resolves_defaults(tiny_raw):
     cfg = config_from_dict(tiny_raw)
     assert cfg.train.epochs == 5 and cfg.optim.lr == 0.05
-    assert cfg.method == {"name": "dnr", "lam": 3.0, "every": 2, "max_times": None,
+    assert cfg.method == {"name": "dnr", "lam": 3.0, "every": 2, "max_times": 3,
                           "strength": "tanh", "n_init": 1, "kmeans_seed": 0, "scale": "minmax",
                           "max_samples": None, "buffers": "keep", "momentum": "keep"}
     assert cfg.model.encoders["m1"]["type"] == "mlp"

@@ -183,8 +183,17 @@ def test_should_act_schedule():
     assert not dr.should_act(0)  # t = 0 is skipped, as released
     acted = [t for t in range(10) if dr.step(t) is not None]
     assert acted == [2, 4] and dr.times_applied == 2
-    _, _, _, uncapped = _setup(every=3)
+    _, _, _, uncapped = _setup(every=3, max_times=None)
     assert [t for t in range(10) if uncapped.should_act(t)] == [3, 6, 9]
+
+
+def test_default_cap_is_three_as_released():
+    _, _, _, dr = _setup(every=1)
+    assert dr.max_times == 3
+    assert [t for t in range(8) if dr.step(t) is not None] == [1, 2, 3]
+    assert dr.times_applied == 3
+    _, _, _, uncapped = _setup(every=1, max_times=None)
+    assert [t for t in range(8) if uncapped.step(t) is not None] == list(range(1, 8))
 
 
 def test_diagnose_values():

@@ -209,7 +209,8 @@ class DiagnoseRelearn:
         val_loader: iterable over the validation split (never the test split).
         lam: lambda of Eq. 5.
         every: H, the diagnosis period in epochs.
-        max_times: cap on the number of re-initialisations (``None``: no cap).
+        max_times: cap on the number of re-initialisations (default 3, as in the authors'
+            release; ``None``: no cap).
         features: ``batch -> ({modality: (B, d) features}, (B,) labels)``; by default a batch
             is ``(inputs, labels)`` and each encoder is applied to ``inputs[modality]``.
         strength: name of a strength function or a callable (paper footnote 4).
@@ -230,7 +231,7 @@ class DiagnoseRelearn:
         *,
         lam: float = 3.0,
         every: int = 20,
-        max_times: Optional[int] = None,
+        max_times: Optional[int] = 3,
         features: Optional[FeatureFn] = None,
         strength: Union[str, Callable[[float], float]] = "tanh",
         n_init: int = 1,

@@ -58,6 +58,15 @@ def test_max_times_caps_reinit(tiny_raw, tmp_path):
     assert [r["epoch"] for r in read_jsonl(tmp_path / "reports.jsonl")] == [1, 2]
 
 
+def test_default_cap_is_three_reinits(tiny_raw, tmp_path):
+    tiny_raw["method"]["every"] = 1  # max_times left at its default
+    tiny_raw["train"].update(epochs=6, monitor_purity=False)  # uncapped: epochs 1, 2, 3, 4
+    trainer = _trainer(tiny_raw, tmp_path)
+    trainer.fit()
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "reports.jsonl")] == [1, 2, 3]
+    assert trainer.method.dr.times_applied == 3
+
+
 def test_three_modalities_with_sum_fusion(tiny_raw, tmp_path):
     tiny_raw["data"].update(dims=[6, 6, 6], separations=[3.0, 1.0, 0.3])
     tiny_raw["model"] = {"fusion": "sum", "fusion_dim": 8,

@@ -20,7 +20,8 @@ class DnR(Method):
     Args:
         lam: lambda of Eq. 5 (paper: 3 CREMA-D, 7 Kinetics-Sounds / UCF-101, 8 CMU-MOSI).
         every: H, the period in epochs (paper: 20; 5 on CMU-MOSI).
-        max_times: cap on re-initialisations (authors' release: 3); ``None`` for no cap.
+        max_times: cap on re-initialisations (default 3, as in the authors' release);
+            ``None`` for no cap.
         strength: strength function name (``tanh`` as in Eq. 5; see STRENGTH_FUNCTIONS).
         n_init: k-means restarts; kmeans_seed: their seed.
         scale: feature scaling before k-means (``minmax`` as released, or ``none``).
@@ -33,7 +34,7 @@ class DnR(Method):
         self,
         lam: float = 3.0,
         every: int = 20,
-        max_times: Optional[int] = None,
+        max_times: Optional[int] = 3,
         strength: str = "tanh",
         n_init: int = 1,
         kmeans_seed: int = 0,
