@@ -100,30 +100,57 @@ class _Identity(nn.Module):
         return {m: inputs[m] for m in self.encoders}
 
 
-def test_prototypes_momentum_and_absent_class_exact():
+def _proto_ctx(batches, epoch):
+    return SimpleNamespace(model=_Identity().train(), num_classes=3, epoch=epoch,
+                           device=torch.device("cpu"), train_loader=batches)
+
+
+@pytest.mark.parametrize("n_batches,fraction,n_used", [
+    (25, 0.1, 2), (5, 0.1, 1), (10, 0.2, 2), (100, 0.29, 29), (3, 1.0, 3)])
+def test_prototype_batches_are_floor_of_the_fraction_at_least_one(n_batches, fraction, n_used):
+    # batch i holds one class-0 sample with features (i, -i): the prototype is the mean of
+    # 0 .. n_used - 1, i.e. (n_used - 1) / 2
+    batches = [({"a": torch.tensor([[float(i)]]), "v": torch.tensor([[-float(i)]])},
+                torch.tensor([0])) for i in range(n_batches)]
+    method = PMR(proto_fraction=fraction)
+    method.on_train_epoch_start(_proto_ctx(batches, epoch=0))
+    mean = (n_used - 1) / 2
+    assert float(method.prototypes["a"][0, 0]) == pytest.approx(mean)
+    assert float(method.prototypes["v"][0, 0]) == pytest.approx(-mean)
+
+
+def test_prototypes_momentum_from_epoch_two_and_absent_class_exact():
     big = torch.full((1, 2), 1e6)
     batches = [({"a": torch.tensor([[1.0, 0.0], [3.0, 0.0]]),
                  "v": torch.tensor([[0.0, 2.0], [0.0, 4.0]])}, torch.tensor([0, 0])),
                ({"a": torch.tensor([[0.0, 5.0]]), "v": torch.tensor([[1.0, 1.0]])},
                 torch.tensor([1]))]
-    batches += [({"a": big, "v": big}, torch.tensor([2]))] * 8  # never read: 10 batches, 15%
-    model = _Identity().train()
-    ctx = SimpleNamespace(model=model, num_classes=3, device=torch.device("cpu"),
-                          train_loader=batches)
-    method = PMR(momentum=0.2, proto_fraction=0.15)  # ceil(1.5) = 2 batches
+    batches += [({"a": big, "v": big}, torch.tensor([2]))] * 8  # never read: 10 batches, 20%
+    method = PMR(momentum=0.2, proto_fraction=0.2)  # floor(2.0) = 2 batches
+    ctx = _proto_ctx(batches, epoch=0)
     method.on_train_epoch_start(ctx)
-    assert model.training  # mode restored
+    assert ctx.model.training  # mode restored
     # first refresh: plain class means; class 2 was not seen -> zero (and a warning)
-    assert torch.equal(method.prototypes["a"], torch.tensor([[2.0, 0.0], [0.0, 5.0], [0.0, 0.0]]))
-    assert torch.equal(method.prototypes["v"], torch.tensor([[0.0, 3.0], [1.0, 1.0], [0.0, 0.0]]))
-    method.prototypes = {"a": torch.tensor([[10.0, 10.0], [20.0, 20.0], [7.0, 7.0]]),
-                         "v": torch.zeros(3, 2)}
-    method.on_train_epoch_start(ctx)
-    # c = 0.8 c_new + 0.2 c_old; absent class 2 keeps its old prototype
-    expected_a = torch.tensor([[0.8 * 2 + 0.2 * 10, 0.2 * 10], [0.2 * 20, 0.8 * 5 + 0.2 * 20],
-                               [7.0, 7.0]])
-    assert torch.allclose(method.prototypes["a"], expected_a)
-    assert torch.allclose(method.prototypes["v"], torch.tensor([[0, 2.4], [0.8, 0.8], [0, 0]]))
+    means_a = torch.tensor([[2.0, 0.0], [0.0, 5.0]])
+    means_v = torch.tensor([[0.0, 3.0], [1.0, 1.0]])
+    assert torch.equal(method.prototypes["a"], torch.cat([means_a, torch.zeros(1, 2)]))
+    assert torch.equal(method.prototypes["v"], torch.cat([means_v, torch.zeros(1, 2)]))
+    old = {"a": torch.tensor([[10.0, 10.0], [20.0, 20.0], [7.0, 7.0]]), "v": torch.zeros(3, 2)}
+    # the refresh at the start of epoch 1 (after epoch 0): no momentum, the plain means;
+    # absent class 2 keeps its old prototype
+    method.prototypes = dict(old)
+    method.on_train_epoch_start(_proto_ctx(batches, epoch=1))
+    assert torch.equal(method.prototypes["a"], torch.cat([means_a, old["a"][2:]]))
+    assert torch.equal(method.prototypes["v"], torch.cat([means_v, old["v"][2:]]))
+    # from epoch 2 on: c = 0.8 c_new + 0.2 c_old; absent class 2 keeps its old prototype
+    for epoch in (2, 3):
+        method.prototypes = dict(old)
+        method.on_train_epoch_start(_proto_ctx(batches, epoch=epoch))
+        expected_a = torch.tensor([[0.8 * 2 + 0.2 * 10, 0.2 * 10],
+                                   [0.2 * 20, 0.8 * 5 + 0.2 * 20], [7.0, 7.0]])
+        assert torch.allclose(method.prototypes["a"], expected_a)
+        assert torch.allclose(method.prototypes["v"],
+                              torch.tensor([[0, 2.4], [0.8, 0.8], [0, 0]]))
     state = method.state_dict()
     other = PMR()
     other.load_state_dict(state)

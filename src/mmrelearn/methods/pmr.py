@@ -59,15 +59,18 @@ class PMR(Method):
 
     Prototypes c_k^m (class means of z_m) are refreshed at the start of every epoch (the first
     refresh is before epoch 0) in eval mode without gradients, from the first
-    ``ceil(proto_fraction * n_batches)`` batches of the shuffled training loader, as released
-    (a fixed-order pass would see the split sorted by class and miss most classes; the
-    loader's generator is part of the checkpoint, so a resumed run draws the same batches).
-    Momentum: ``c <- (1 - mu) c_new + mu c_old``; a class absent from those batches
-    keeps its old prototype. Works with any fusion and any K >= 2.
+    ``max(1, floor(proto_fraction * n_batches))`` batches of the shuffled training loader, as
+    released (a fixed-order pass would see the split sorted by class and miss most classes;
+    the loader's generator is part of the checkpoint, so a resumed run draws the same batches).
+    The refreshes at the start of epochs 0 and 1 take the new class means as they are (the
+    release skips momentum in its update after epoch 0); from the start of epoch 2 on,
+    ``c <- (1 - mu) c_new + mu c_old``. A class absent from those batches keeps its old
+    prototype (zero before the first one). Works with any fusion and any K >= 2.
 
     Args:
         alpha: weight of the weaker modality's PCE (release form; scripts used 1-3).
-        momentum: mu of the prototype update (paper 0.2; the authors' script 0.0).
+        momentum: mu of the prototype update from epoch 2 on (paper 0.2; the authors'
+            script 0.0).
         proto_fraction: fraction of training batches used for the prototypes.
         modulation_starts, modulation_ends: epochs (inclusive) where PCE / entropy are added.
         form: ``release`` (constant ``alpha``) or ``paper`` (beta/gamma = clip(rho - 1, 0, 1)
@@ -100,7 +103,8 @@ class PMR(Method):
     def compute_prototypes(self, ctx: FitContext) -> dict[str, torch.Tensor]:
         """Class means of z_m over the first batches of the shuffled training loader (eval mode)."""
         model, C = ctx.model, ctx.num_classes
-        n_use = math.ceil(self.proto_fraction * len(ctx.train_loader))
+        # floor as released, at least one batch; the 1e-9 absorbs float error (0.29 * 100)
+        n_use = max(1, math.floor(self.proto_fraction * len(ctx.train_loader) + 1e-9))
         was_training = model.training
         model.eval()
         sums: dict[str, torch.Tensor] = {}
@@ -127,7 +131,8 @@ class PMR(Method):
                 new[m] = c_new
             else:
                 old = old.to(c_new)
-                mixed = (1 - self.momentum) * c_new + self.momentum * old
+                mu = self.momentum if ctx.epoch >= 2 else 0.0  # none after epoch 0 (release)
+                mixed = (1 - mu) * c_new + mu * old
                 new[m] = torch.where(seen[:, None], mixed, old)
         return new
 
