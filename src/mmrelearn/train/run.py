@@ -87,14 +87,20 @@ def _loaders(cfg: Config, data: DataBundle, gen: torch.Generator) -> dict[str, D
     kw: dict = dict(num_workers=t.num_workers)
     if t.num_workers > 0:
         kw.update(worker_init_fn=_one_thread)
+    def fixed_order(dataset) -> DataLoader:
+        # A loader without a generator draws its iterator's base seed from the GLOBAL RNG
+        # each time it is iterated, which would move later dropout masks; each gets its own.
+        own = torch.Generator().manual_seed(cfg.seed)
+        return DataLoader(dataset, batch_size=t.eval_batch_size, generator=own, **kw)
+
     loaders = {
         "train": DataLoader(data.train, batch_size=t.batch_size, shuffle=True, generator=gen, **kw),
-        "diag_train": DataLoader(data.train, batch_size=t.eval_batch_size, **kw),
-        "val": DataLoader(data.val, batch_size=t.eval_batch_size, **kw),
-        "test": DataLoader(data.test, batch_size=t.eval_batch_size, **kw),
+        "diag_train": fixed_order(data.train),
+        "val": fixed_order(data.val),
+        "test": fixed_order(data.test),
     }
     if data.holdout is not None:
-        loaders["holdout"] = DataLoader(data.holdout, batch_size=t.eval_batch_size, **kw)
+        loaders["holdout"] = fixed_order(data.holdout)
     return loaders
 
 
