@@ -71,13 +71,19 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .report import aggregate, load_summaries, markdown_table, paper_table
+    from .report import aggregate, load_summaries, markdown_table, paired_markdown, paper_table
 
-    rows = aggregate(load_summaries(args.run_dirs))
-    if args.layout == "paper":
-        table = paper_table(rows)
+    summaries = load_summaries(args.run_dirs)
+    if args.vs is not None:
+        if args.layout is not None:
+            raise ValueError("--vs prints the paired table; do not pass --layout with it")
+        table = paired_markdown(summaries, args.vs, args.metric or "acc")
+    elif args.metric is not None:
+        raise ValueError("--metric chooses the metric of the paired table; it needs --vs")
+    elif args.layout == "paper":
+        table = paper_table(aggregate(summaries))
     else:
-        table = markdown_table(rows, time_reference="joint")
+        table = markdown_table(aggregate(summaries), time_reference="joint")
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")
@@ -123,9 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="markdown table (mean ± std over seeds) of finished runs")
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--out", help="also write the table to this file")
-    c.add_argument("--layout", choices=["runs", "paper"], default="runs",
+    c.add_argument("--layout", choices=["runs", "paper"], default=None,
                    help="runs: a row per run name (default); paper: a row per method and a "
                         "column group per data setting, as the paper's Tables 1 and 4")
+    c.add_argument("--vs", metavar="METHOD",
+                   help="instead, each method's paired difference to METHOD on the same data "
+                        "setting and seeds: mean, 95%% CI, paired t-test p-value, verdict")
+    c.add_argument("--metric", choices=["acc", "macro_f1", "weighted_f1"], default=None,
+                   help="test metric of the --vs table (default acc)")
     c.set_defaults(func=_cmd_compare)
 
     d = sub.add_parser("demo", help="joint training vs D&R on real mfeat data (clean and noisy)")

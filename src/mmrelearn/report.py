@@ -1,12 +1,17 @@
-"""Tables over finished runs: mean and standard deviation over seeds, as markdown."""
+"""Tables over finished runs: mean and standard deviation over seeds, and paired differences
+against a reference method, as markdown."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Optional, Sequence, Union
 
-__all__ = ["load_summaries", "aggregate", "markdown_table", "paper_table"]
+from .stats import paired_table
+
+__all__ = ["load_summaries", "aggregate", "markdown_table", "paper_table", "paired_rows",
+           "paired_markdown"]
 
 METRICS = (("acc", "Acc"), ("macro_f1", "Macro F1"), ("weighted_f1", "Weighted F1"))
 
@@ -63,6 +68,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], time_reference: Optional[str]
     return "\n".join(lines)
 
 
+def _setting(name: str, method: str) -> str:
+    """The data setting of a run: its name without the ``-<method>`` suffix that the
+    comparison runner gives (``<variant>-<method>``), else the whole name."""
+    suffix = f"-{method}"
+    return name[: -len(suffix)] if name.endswith(suffix) and name != suffix else name
+
+
 def paper_table(rows: Sequence[dict[str, Any]]) -> str:
     """The layout of the paper's Tables 1 and 4: one row per method, one column group per data
     setting (the run name without its ``-<method>`` suffix), each Acc / Macro F1 / Weighted F1
@@ -72,8 +84,7 @@ def paper_table(rows: Sequence[dict[str, Any]]) -> str:
     cells: dict[tuple[str, str], dict] = {}
     methods: list[str] = []
     for r in rows:
-        suffix = f"-{r['method']}"
-        setting = r["name"][: -len(suffix)] if r["name"].endswith(suffix) else r["name"]
+        setting = _setting(r["name"], r["method"])
         settings += [setting] if setting not in settings else []
         methods += [r["method"]] if r["method"] not in methods else []
         cells[(r["method"], setting)] = r
@@ -86,4 +97,110 @@ def paper_table(rows: Sequence[dict[str, Any]]) -> str:
             vals += ([f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k, _ in METRICS] if r
                      else ["-"] * len(METRICS))
         lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def _seed_values(summaries: Sequence[dict[str, Any]], metric: str
+                 ) -> dict[tuple[str, str], dict[Any, float]]:
+    """(setting, method) -> {seed: test metric in %}, settings and methods in first-seen order."""
+    groups: dict[tuple[str, str], dict[Any, float]] = {}
+    owner: dict[tuple[str, str], str] = {}
+    for s in summaries:
+        key = (_setting(s["name"], s["method"]), s["method"])
+        if owner.setdefault(key, s["name"]) != s["name"]:
+            raise ValueError(f"runs {owner[key]!r} and {s['name']!r} are both {key[1]!r} on "
+                             f"setting {key[0]!r}; compare them separately")
+        seeds = groups.setdefault(key, {})
+        if s["seed"] in seeds:
+            raise ValueError(f"{s['name']}: seed {s['seed']} is given twice")
+        seeds[s["seed"]] = 100.0 * s["test"][metric]
+    return groups
+
+
+def paired_rows(summaries: Sequence[dict[str, Any]], reference: str, metric: str = "acc",
+                level: float = 0.95, alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Each run group against the reference method's group of the same data setting, by seed.
+
+    Runs are grouped by config name; a group's setting is its name without the ``-<method>``
+    suffix (as in :func:`paper_table`). A group is paired with the ``reference`` runs of its
+    setting; when the names do not follow that convention (a single reference group, whose
+    setting no other group shares), every group is paired with that reference group.
+
+    Args:
+        summaries: the runs' ``summary.json`` contents (see :func:`load_summaries`).
+        reference: the method compared against, e.g. ``"joint"``.
+        metric: a test metric: ``acc``, ``macro_f1`` or ``weighted_f1``.
+        level: confidence level of the intervals.
+        alpha: significance level of the verdicts.
+
+    Returns:
+        One dict per non-reference group: ``setting``, ``method``, ``seeds``, ``value`` (mean
+        metric, %), ``reference_value``, then the fields of
+        :meth:`mmrelearn.stats.PairedResult.to_dict` (differences in percentage points).
+
+    Raises:
+        ValueError: on an unknown metric, no reference runs, a setting without reference runs,
+            or seeds that differ from the reference's.
+    """
+    if metric not in dict(METRICS):
+        raise ValueError(f"unknown metric {metric!r}; one of {[k for k, _ in METRICS]}")
+    groups = _seed_values(summaries, metric)
+    refs = {setting: v for (setting, m), v in groups.items() if m == reference}
+    if not refs:
+        raise ValueError(f"reference method {reference!r} is not among the runs' methods "
+                         f"{sorted({m for _, m in groups})}")
+    # names outside the <variant>-<method> convention: one reference group whose setting no
+    # other group shares is everyone's reference
+    only = next(iter(refs.values())) if len(refs) == 1 and not any(
+        s in refs for s, m in groups if m != reference) else None
+    rows = []
+    for (setting, method), vals in groups.items():
+        if method == reference:
+            continue
+        ref = refs.get(setting, only)
+        if ref is None:
+            raise ValueError(f"no {reference!r} runs on setting {setting!r} (it has runs on "
+                             f"{sorted(refs)})")
+        try:
+            res = paired_table({method: vals, reference: ref}, reference, level)[method]
+        except ValueError as e:
+            raise ValueError(f"setting {setting!r}: {e}") from None
+        rows.append({"setting": setting, "method": method, "seeds": sorted(vals),
+                     "value": mean(vals.values()), "reference_value": mean(ref.values()),
+                     **res.to_dict(alpha)})
+    return rows
+
+
+def _num(x: float, fmt: str = "{:.2f}") -> str:
+    return "-" if math.isnan(x) else fmt.format(x)
+
+
+def _p(p: float) -> str:
+    return "-" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def paired_markdown(summaries: Sequence[dict[str, Any]], reference: str, metric: str = "acc",
+                    level: float = 0.95, alpha: float = 0.05) -> str:
+    """A markdown table of :func:`paired_rows`: setting, method, seeds, the metric's mean (%),
+    its paired difference to the reference (percentage points) with the confidence interval,
+    the paired t-test's p-value and the verdict; each setting's reference row first.
+    """
+    rows = paired_rows(summaries, reference, metric, level, alpha)
+    title = dict(METRICS)[metric]
+    ci = f"{100 * level:g}% CI"
+    lines = [f"| setting | method | seeds | {title} | Δ {title} vs {reference} | {ci} | p | "
+             "verdict |", "|---|---|---|---|---|---|---|---|"]
+    groups = _seed_values(summaries, metric)
+    for setting in dict.fromkeys(s for s, _ in groups):
+        ref = groups.get((setting, reference))
+        if ref is not None:
+            lines.append(f"| {setting} | {reference} | {len(ref)} | {mean(ref.values()):.2f} "
+                         "| - | - | - | reference |")
+        for r in (r for r in rows if r["setting"] == setting):
+            lines.append(f"| {setting} | {r['method']} | {r['n']} | {r['value']:.2f} | "
+                         f"{r['mean']:+.2f} | [{_num(r['low'])}, {_num(r['high'])}] | "
+                         f"{_p(r['p'])} | {r['verdict']} |")
+    lines += ["", f"Δ: mean over seeds of the per-seed difference to {reference} (percentage "
+              f"points, same seeds); p: two-sided paired t-test; verdict at the "
+              f"{100 * alpha:g}% level."]
     return "\n".join(lines)
