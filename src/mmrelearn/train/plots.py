@@ -1,8 +1,9 @@
-"""Curves from run directories: accuracy, loss and per-modality purity gap over epochs."""
+"""Curves from run directories (accuracy, loss and per-modality purity gap over epochs), and
+comparison figures: accuracy change over a reference, uni-modal probe scatter."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import matplotlib
 
@@ -12,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from .checkpoint import read_jsonl  # noqa: E402
 
-__all__ = ["plot_run", "plot_groups"]
+__all__ = ["plot_run", "plot_groups", "plot_improvement", "plot_probe_scatter"]
 
 
 def _reinit_epochs(records: list[dict]) -> list[int]:
@@ -81,6 +82,77 @@ def plot_groups(groups: dict[str, Sequence[Path]], path: Union[str, Path],
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _half_widths(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """(2, n) error-bar lengths below / above each mean; 0 where the interval is NaN (n < 2)."""
+    err = np.array([[r["mean"] - r["low"] for r in rows], [r["high"] - r["mean"] for r in rows]],
+                   dtype=float)
+    return np.nan_to_num(err, nan=0.0)
+
+
+def plot_improvement(rows: Sequence[Mapping[str, Any]], path: Union[str, Path],
+                     ylabel: str = "accuracy change over joint (points)") -> Path:
+    """Bars of each method's mean change over the reference, with its confidence interval as
+    error bars and a zero line (the paper's Figure 1a); one bar group per variant if several.
+
+    Args:
+        rows: dicts with ``method``, ``mean``, ``low``, ``high`` (as from
+            :func:`mmrelearn.report.paired_rows` or :func:`mmrelearn.claims.improvement_rows`)
+            and optionally ``variant`` (or ``setting``) naming the bar group.
+        path: PNG file to write.
+        ylabel: the y axis label (say which reference and metric).
+    """
+    group = [r.get("variant", r.get("setting", "")) for r in rows]
+    variants = list(dict.fromkeys(group))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(rows) + 1.5), 3.6))
+    for j, m in enumerate(methods):
+        sel = [(variants.index(g), r) for g, r in zip(group, rows) if r["method"] == m]
+        x = np.array([i for i, _ in sel]) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(x, [r["mean"] for _, r in sel], width * 0.9, label=m,
+               yerr=_half_widths([r for _, r in sel]), capsize=3, color=f"C{j}")
+    ax.axhline(0.0, color="black", lw=0.8)
+    if len(variants) > 1:
+        ax.set_xticks(range(len(variants)), variants)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    else:
+        ax.set_xticks((np.arange(len(methods)) - (len(methods) - 1) / 2) * width, methods,
+                      rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_probe_scatter(points: Mapping[str, Mapping[str, Sequence[float]]],
+                       path: Union[str, Path], modalities: Optional[Sequence[str]] = None,
+                       per_seed: bool = True) -> Path:
+    """Scatter of the two uni-modal probe accuracies of each method (the paper's Figure 1b/c).
+
+    Args:
+        points: method -> modality -> per-seed probe test accuracies (%).
+        path: PNG file to write.
+        modalities: ``(a, b)``: modality a on x, b on y (default: the first method's first two).
+        per_seed: also draw each seed as a small point.
+    """
+    a, b = modalities or list(next(iter(points.values())))[:2]
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for j, (method, probe) in enumerate(points.items()):
+        xs, ys = np.asarray(probe[a], dtype=float), np.asarray(probe[b], dtype=float)
+        if per_seed:
+            ax.scatter(xs, ys, s=10, alpha=0.35, color=f"C{j}")
+        ax.scatter([xs.mean()], [ys.mean()], s=50, color=f"C{j}", edgecolor="black", lw=0.5)
+        ax.annotate(method, (xs.mean(), ys.mean()), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xlabel(f"{a} probe accuracy (%)")
+    ax.set_ylabel(f"{b} probe accuracy (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
