@@ -10,7 +10,9 @@ import torch
 
 from mmrelearn.config import config_from_dict
 from mmrelearn.data import build_data
-from mmrelearn.methods.gblending import GBlending, blend_weights
+from mmrelearn.methods import gblending
+from mmrelearn.methods.gblending import (GBlending, blend_weights, branch_parameters,
+                                         multibench_weights)
 from mmrelearn.models import ModelOutput
 from mmrelearn.train import build_trainer, evaluate
 from mmrelearn.train.checkpoint import read_jsonl
@@ -37,6 +39,25 @@ def test_blend_weights_by_hand():
                       train_end={"a": 0.5, "c": 0.75}, val_end={"a": 0.9, "c": 1.25})
     wa, wc = 7.5, 0.25 / 1e-8
     assert w == pytest.approx({"a": wa / (wa + wc), "c": wc / (wa + wc)})
+
+
+def test_multibench_weights_by_hand():
+    # a: O(end) = 0.9 - 0.5 = 0.4, w = 0.9 / 0.16 = 5.625
+    # b: O(end) = 1.0 - 0.8 = 0.2, w = 1.0 / 0.04 = 25
+    w = multibench_weights(train_end={"a": 0.5, "b": 0.8}, val_end={"a": 0.9, "b": 1.0})
+    assert w == pytest.approx({"a": 5.625 / 30.625, "b": 25.0 / 30.625})
+    # c: the holdout loss is below the training loss, O(end) = -0.5: floored at 1e-4
+    w = multibench_weights(train_end={"a": 0.5, "c": 1.5}, val_end={"a": 0.9, "c": 1.0})
+    wa, wc = 5.625, 1.0 / 1e-8
+    assert w == pytest.approx({"a": wa / (wa + wc), "c": wc / (wa + wc)})
+
+
+def test_defaults_and_form_validation():
+    method = GBlending()
+    assert (method.holdout_fraction, method.super_epoch, method.estimate_first, method.form) == (
+        0.08, 20, True, "paper")
+    with pytest.raises(ValueError, match="form must be 'paper' or 'multibench'"):
+        GBlending(form="delta")
 
 
 def test_loss_terms_are_weighted_per_head():
@@ -85,6 +106,81 @@ def test_estimate_leaves_the_real_run_untouched(tiny_raw, tmp_path):
     assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in model_before.items())
     assert torch.equal(torch.get_rng_state(), rng) and torch.equal(trainer.gen.get_state(), gen)
     assert not trainer.optimizer.state  # the real optimizer never stepped
+
+
+class _SpyLoader:
+    """The training loader, recording the labels of every batch it yields."""
+
+    def __init__(self, loader):
+        self.loader, self.generator, self.seen = loader, loader.generator, []
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for inputs, y in self.loader:
+            self.seen.append(y.clone())
+            yield inputs, y
+
+
+def _equal(a, b):
+    """Same parameters (BatchNorm statistics of a copy's idle encoder may move: it still runs
+    forward in train mode, and nothing reads it)."""
+    pa, pb = list(a.parameters()), list(b.parameters())
+    return len(pa) == len(pb) and all(torch.equal(x, y) for x, y in zip(pa, pb))
+
+
+@pytest.mark.parametrize("form", ["paper", "multibench"])
+def test_estimate_trains_one_separate_copy_per_head(tiny_raw, tmp_path, monkeypatch, form):
+    tiny_raw["optim"]["weight_decay"] = 0.01  # would move every parameter an optimizer holds
+    trainer = build_trainer(config_from_dict(_gb_raw(tiny_raw, super_epoch=2, form=form)),
+                            tmp_path)
+    method, ctx, real = trainer.method, trainer.ctx, trainer.model
+    method.on_fit_start(ctx)
+    ctx.train_loader = spy = _SpyLoader(ctx.train_loader)
+    copies = {}
+
+    def recording(ctx, head, epochs):
+        copies[head] = gblending.train_copy.__wrapped__(ctx, head, epochs)
+        return copies[head]
+
+    recording.__wrapped__ = gblending.train_copy
+    monkeypatch.setattr(gblending, "train_copy", recording)
+    weights = method.estimate(ctx)
+    assert list(copies) == ["fused", "m0", "m1"]
+    for k in ("m0", "m1"):  # copy k: encoder k and head k learn from CE(head k) only
+        c, other = copies[k], "m1" if k == "m0" else "m0"
+        assert not _equal(c.encoders[k], real.encoders[k])
+        assert not _equal(c.unimodal_heads[k], real.unimodal_heads[k])
+        assert _equal(c.encoders[other], real.encoders[other])
+        assert _equal(c.unimodal_heads[other], real.unimodal_heads[other])
+        assert _equal(c.head, real.head) and _equal(c.fusion, real.fusion)
+        ids = {id(p) for p in branch_parameters(c, k)}
+        assert ids == {id(p) for p in [*c.encoders[k].parameters(),
+                                       *c.unimodal_heads[k].parameters()]}
+    fused = copies["fused"]  # the whole fused model learns; the unimodal heads do not
+    assert not _equal(fused.head, real.head)
+    assert all(not _equal(fused.encoders[m], real.encoders[m]) for m in ("m0", "m1"))
+    assert _equal(fused.unimodal_heads, real.unimodal_heads)
+    # each head's end losses come from its own copy; start losses from the current model
+    est = method._estimate
+    for k, c in copies.items():
+        assert est["train_end"][k] == gblending._head_losses(c, ctx.diag_train_loader,
+                                                            ctx.device)[k]
+        assert est["val_end"][k] == gblending._head_losses(c, ctx.holdout_loader, ctx.device)[k]
+    assert est["val_start"] == gblending._head_losses(real, ctx.holdout_loader, ctx.device)
+    expected = (multibench_weights(est["train_end"], est["val_end"]) if form == "multibench"
+                else blend_weights(est["train_start"], est["val_start"], est["train_end"],
+                                   est["val_end"]))
+    assert weights == expected
+    # every copy saw the same batches, in the order the real run then sees them
+    n = len(spy) * 2
+    assert len(spy.seen) == 3 * n
+    runs = [spy.seen[i * n:(i + 1) * n] for i in range(3)]
+    assert all(torch.equal(a, b) for r in runs[1:] for a, b in zip(runs[0], r))
+    spy.seen = []
+    list(spy)
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][:len(spy)], spy.seen))
 
 
 def test_extra_heads_train_but_inference_uses_the_fused_head(tiny_raw, tmp_path):

@@ -18,7 +18,8 @@ from torch import nn
 from ..models import ModelOutput
 from .base import FitContext, Method, register_method, require_unimodal_heads
 
-__all__ = ["GBlending", "blend_weights", "head_logits"]
+__all__ = ["GBlending", "blend_weights", "multibench_weights", "head_logits",
+           "branch_parameters", "train_copy"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,21 @@ def blend_weights(train_start: Mapping[str, float], val_start: Mapping[str, floa
         d_g = val_start[k] - val_end[k]
         d_o = (val_end[k] - train_end[k]) - (val_start[k] - train_start[k])
         raw[k] = abs(d_g) / max(d_o ** 2, eps)
+    return _normalised(raw)
+
+
+def multibench_weights(train_end: Mapping[str, float], val_end: Mapping[str, float],
+                       floor: float = 1e-4) -> dict[str, float]:
+    """MultiBench's form (``gb_estimate`` with ``delta=False``): end-of-estimate losses only.
+
+    w_k ~ L_val_k(end) / max(O_k(end), floor)^2 with O = L_val - L_train, normalised to sum 1;
+    a head that does not overfit (O_k <= floor) gets the largest ratio, not a division by 0.
+    """
+    raw = {k: val_end[k] / max(val_end[k] - train_end[k], floor) ** 2 for k in train_end}
+    return _normalised(raw)
+
+
+def _normalised(raw: Mapping[str, float]) -> dict[str, float]:
     total = sum(raw.values())
     if total <= 0:
         return {k: 1.0 / len(raw) for k in raw}  # nothing generalised: fall back to uniform
@@ -67,34 +83,77 @@ def _head_losses(model: nn.Module, loader: Iterable, device: torch.device) -> di
     return {k: s / max(n, 1) for k, s in sums.items()}
 
 
+def branch_parameters(model: nn.Module, head: str) -> list[nn.Parameter]:
+    """What one estimate copy trains: encoder k and unimodal head k for a modality k; for
+    ``fused``, the whole model except the unimodal heads."""
+    if head != FUSED:
+        return [*model.encoders[head].parameters(), *model.unimodal_heads[head].parameters()]
+    skip = {id(p) for p in model.unimodal_heads.parameters()}
+    return [p for p in model.parameters() if id(p) not in skip]
+
+
+def train_copy(ctx: FitContext, head: str, epochs: int) -> nn.Module:
+    """A deep copy of ``ctx.model`` trained for ``epochs`` epochs on CE(``head``) alone.
+
+    Its optimizer is fresh, of the real one's type and settings, and holds only
+    :func:`branch_parameters`, so weight decay or momentum cannot move the rest. The global
+    RNG (dropout) is restored afterwards; the caller restores the loader's generator.
+    """
+    devices = [ctx.device] if ctx.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        model = copy.deepcopy(ctx.model)
+        group = {k: v for k, v in ctx.optimizer.param_groups[0].items()
+                 if k in ctx.optimizer.defaults}  # lr, momentum, ...: not initial_lr
+        optimizer = type(ctx.optimizer)(branch_parameters(model, head), **group)
+        model.train()
+        for _ in range(epochs):
+            for inputs, y in ctx.train_loader:
+                y = y.to(ctx.device)
+                out = model({m: x.to(ctx.device) for m, x in inputs.items()})
+                loss = F.cross_entropy(head_logits(out)[head], y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    return model
+
+
 @register_method("gblending")
 class GBlending(Method):
     """Online G-Blending: loss = sum_k w_k CE(head_k) over the K unimodal heads and the fused one.
 
     Before the first estimate the weights are uniform, 1/(K+1). At the start of every
     super-epoch (epoch % super_epoch == 0, epoch 0 included unless ``estimate_first`` is
-    False) a deep copy of the current model is trained for ``super_epoch`` epochs with the
-    plain sum of all K+1 CEs (a fresh optimizer of the real one's type and settings) and the
-    weights come from :func:`blend_weights` on each head's losses over the whole training
-    split (``ctx.diag_train_loader``, eval mode) and over the holdout at the copy's start and
-    end. The global torch RNG and the training loader's generator are restored afterwards, so
-    the real run (and its resume) does not see the copy. Inference uses the fused head.
+    False) K+1 separate copies of the current model are trained for ``super_epoch`` epochs
+    (:func:`train_copy`): copy k on CE(unimodal head k) alone, updating only encoder k and
+    head k, and one copy on CE(fused) alone. Each has a fresh optimizer of the real one's type
+    and settings, and each sees the same batches (the training loader's generator is reset
+    before every copy). Every head's mean loss is measured in eval mode over the whole
+    training split (``ctx.diag_train_loader``) and over the holdout V: at the start on the
+    current model, at the end on that head's own copy. The weights come from
+    :func:`blend_weights` (``form="paper"``) or :func:`multibench_weights`
+    (``form="multibench"``). The global torch RNG and the loader's generator are restored
+    afterwards, so the real run (and its resume) does not see the copies. Inference uses the
+    fused head.
 
     Args:
         holdout: fraction of the TRAINING split held out as V (MultiBench: 0.08).
-        super_epoch: n, the epochs of one super-epoch and of one estimate.
+        super_epoch: n, the epochs of one super-epoch and of one estimate (MultiBench: 20).
         estimate_first: also estimate at epoch 0 (Algorithm 2); False keeps uniform weights
             for the first super-epoch.
+        form: ``paper`` (Eq. 6, |dG| / dO^2 from start/end deltas) or ``multibench``
+            (L_val(end) / O(end)^2).
     """
 
-    def __init__(self, holdout: float = 0.1, super_epoch: int = 5,
-                 estimate_first: bool = True) -> None:
+    def __init__(self, holdout: float = 0.08, super_epoch: int = 20,
+                 estimate_first: bool = True, form: str = "paper") -> None:
         if not 0.0 < holdout < 1.0:
             raise ValueError(f"gblending.holdout must lie in (0, 1), got {holdout}")
         if super_epoch < 1:
             raise ValueError(f"gblending.super_epoch must be >= 1, got {super_epoch}")
+        if form not in ("paper", "multibench"):
+            raise ValueError(f"gblending.form must be 'paper' or 'multibench', got {form!r}")
         self.holdout_fraction = holdout  # read by the trainer before the data are built
-        self.super_epoch, self.estimate_first = super_epoch, estimate_first
+        self.super_epoch, self.estimate_first, self.form = super_epoch, estimate_first, form
         self.weights: dict[str, float] = {}
         self._estimate: dict[str, Any] = {}
 
@@ -120,33 +179,30 @@ class GBlending(Method):
             log.info("gblending weights at epoch %d: %s", ctx.epoch, self.weights)
 
     def estimate(self, ctx: FitContext) -> dict[str, float]:
-        """Train a copy for ``super_epoch`` epochs and return the new blend weights."""
+        """Train one copy per head for ``super_epoch`` epochs; return the new blend weights."""
         gen = getattr(ctx.train_loader, "generator", None)
         gen_state = gen.get_state() if gen is not None else None
         devices = [ctx.device] if ctx.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # the copy's dropout draws are undone
-            model = copy.deepcopy(ctx.model)
-            group = {k: v for k, v in ctx.optimizer.param_groups[0].items()
-                     if k in ctx.optimizer.defaults}  # lr, momentum, ...: not initial_lr
-            optimizer = type(ctx.optimizer)(model.parameters(), **group)
-            start = (_head_losses(model, ctx.diag_train_loader, ctx.device),
-                     _head_losses(model, ctx.holdout_loader, ctx.device))
-            model.train()
-            for _ in range(self.super_epoch):
-                for inputs, y in ctx.train_loader:
-                    y = y.to(ctx.device)
-                    out = model({m: x.to(ctx.device) for m, x in inputs.items()})
-                    loss = sum(F.cross_entropy(lg, y) for lg in head_logits(out).values())
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-            end = (_head_losses(model, ctx.diag_train_loader, ctx.device),
-                   _head_losses(model, ctx.holdout_loader, ctx.device))
+        # the trainer's evaluation loaders draw nothing from the global RNG; a loader without
+        # a generator would, so the whole estimate runs in a fork of it
+        with torch.random.fork_rng(devices=devices):
+            train_start = _head_losses(ctx.model, ctx.diag_train_loader, ctx.device)
+            val_start = _head_losses(ctx.model, ctx.holdout_loader, ctx.device)
+            train_end, val_end = {}, {}
+            for k in train_start:  # fused, then each modality
+                if gen is not None:
+                    gen.set_state(gen_state)  # the batch order the real run will see
+                model = train_copy(ctx, k, self.super_epoch)
+                train_end[k] = _head_losses(model, ctx.diag_train_loader, ctx.device)[k]
+                val_end[k] = _head_losses(model, ctx.holdout_loader, ctx.device)[k]
+                del model
         if gen is not None:
             gen.set_state(gen_state)
-        self._estimate = {"train_start": start[0], "val_start": start[1],
-                          "train_end": end[0], "val_end": end[1]}
-        return blend_weights(start[0], start[1], end[0], end[1])
+        self._estimate = {"train_start": train_start, "val_start": val_start,
+                          "train_end": train_end, "val_end": val_end}
+        if self.form == "multibench":
+            return multibench_weights(train_end, val_end)
+        return blend_weights(train_start, val_start, train_end, val_end)
 
     def loss_terms(self, ctx: FitContext, output: ModelOutput,
                    labels: torch.Tensor) -> dict[str, torch.Tensor]:
