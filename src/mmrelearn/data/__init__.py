@@ -6,7 +6,7 @@ from .splits import group_split, split_indices
 from .transforms import add_noise_snr
 
 # Explicit imports fill the registry (no file scanning).
-from . import (avdigits, cremad, kinetics_sounds, mfeat, prepare,  # noqa: E402,F401
+from . import (avdigits, avmnist, cremad, kinetics_sounds, mfeat, prepare,  # noqa: E402,F401
                synthetic, ucf101)
 
 __all__ = ["DATASETS", "SPLIT_KEYS", "DataBundle", "MultimodalDataset", "LazyMultimodalDataset",

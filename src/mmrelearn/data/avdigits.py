@@ -24,7 +24,8 @@ from .lazy import LazyMultimodalDataset, MediaError
 from .mfeat import load_mfeat
 from .transforms import sample_generator
 
-__all__ = ["load_avdigits", "Clip", "find_recordings", "list_clips", "pair_by_label",
+__all__ = ["load_avdigits", "paired_audio_images", "check_av_options", "Clip",
+           "find_recordings", "list_clips", "pair_by_label",
            "AVDigitsLoader", "FSDD_PATTERN"]
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 FSDD_PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>[A-Za-z0-9-]+)_(?P<take>[0-9]+)\.wav$")
 _PATTERN_TEXT = "{digit}_{speaker}_{index}.wav (e.g. 7_jackson_32.wav)"
 _NUM_CLASSES = 10
-_IMAGE_SHAPE = (1, 16, 15)
 _MODALITIES = ("audio", "image")
 
 
@@ -109,7 +109,7 @@ class AVDigitsLoader:
     """Picklable ``load(i)``: sample i's spectrogram (F, T) and/or image (1, 16, 15).
 
     Args:
-        paths: WAV path of each sample. images: float (N, 1, 16, 15) of each sample.
+        paths: WAV path of each sample. images: float (N, 1, H, W) of each sample.
         cfg: the spectrogram settings. modalities: the modalities to return, in order.
         noise: optional (snr_db, seed): white noise on sample i's waveform, drawn from
             ``sample_generator(seed, i)``.
@@ -156,30 +156,32 @@ def _read_clips(clips: list[Clip], cfg: SpectrogramConfig, on_error: str,
     return ok, waves
 
 
-def _check_options(modalities: Sequence[str], audio_noise: Optional[Mapping[str, Any]],
-                   pair_seed: int, decode: str, on_error: str) -> Optional[tuple[float, int]]:
+def check_av_options(name: str, modalities: Sequence[str],
+                     audio_noise: Optional[Mapping[str, Any]], pair_seed: int, decode: str,
+                     on_error: str) -> Optional[tuple[float, int]]:
+    """Validate the options shared by the FSDD-based datasets; returns (snr_db, seed) or None."""
     mods = list(modalities)
     if (not mods or len(set(mods)) != len(mods) or any(m not in _MODALITIES for m in mods)
             or isinstance(modalities, str)):
-        raise ValueError(f"avdigits modalities {modalities!r}: expected a non-empty list of "
+        raise ValueError(f"{name} modalities {modalities!r}: expected a non-empty list of "
                          f"distinct names among {list(_MODALITIES)}")
     for key, value, valid in (("decode", decode, ("memory", "lazy")),
                               ("on_error", on_error, ("raise", "skip"))):
         if value not in valid:
-            raise ValueError(f"avdigits {key}: expected one of {list(valid)}, got {value!r}")
+            raise ValueError(f"{name} {key}: expected one of {list(valid)}, got {value!r}")
     if isinstance(pair_seed, bool) or not isinstance(pair_seed, int) or pair_seed < 0:
-        raise ValueError(f"avdigits pair_seed: expected a non-negative int, got {pair_seed!r}")
+        raise ValueError(f"{name} pair_seed: expected a non-negative int, got {pair_seed!r}")
     if audio_noise is None:
         return None
     if not isinstance(audio_noise, Mapping) or set(audio_noise) - {"snr_db", "seed"} \
             or "snr_db" not in audio_noise:
-        raise ValueError(f"avdigits audio_noise {audio_noise!r}: expected a mapping with "
+        raise ValueError(f"{name} audio_noise {audio_noise!r}: expected a mapping with "
                          f"snr_db (required) and seed (default 0)")
     snr, seed = audio_noise["snr_db"], audio_noise.get("seed", 0)
     if isinstance(snr, bool) or not isinstance(snr, (int, float)):
-        raise ValueError(f"avdigits audio_noise.snr_db: expected a number, got {snr!r}")
+        raise ValueError(f"{name} audio_noise.snr_db: expected a number, got {snr!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"avdigits audio_noise.seed: expected a non-negative int, "
+        raise ValueError(f"{name} audio_noise.seed: expected a non-negative int, "
                          f"got {seed!r}")
     return float(snr), seed
 
@@ -214,27 +216,42 @@ def load_avdigits(root: str, modalities: Sequence[str] = ("audio", "image"),
     Returns:
         :class:`RawData`, classes "0".."9", ``groups`` = the speaker of each clip.
     """
-    noise = _check_options(modalities, audio_noise, pair_seed, decode, on_error)
+    opts = dict(modalities=modalities, audio=audio, audio_noise=audio_noise,
+                pair_seed=pair_seed, decode=decode, on_error=on_error)
+    check_av_options("avdigits", modalities, audio_noise, pair_seed, decode, on_error)
+    mfeat = load_mfeat(modalities=["pix_image"], root=mfeat_root)
+    return paired_audio_images("avdigits", root, mfeat.inputs["pix_image"], mfeat.labels,
+                               **opts)
+
+
+def paired_audio_images(name: str, root: str, images: Tensor, image_labels: Tensor,
+                        modalities: Sequence[str], audio: Any,
+                        audio_noise: Optional[Mapping[str, Any]], pair_seed: int,
+                        decode: str, on_error: str) -> RawData:
+    """FSDD clips under ``root`` paired one to one, by label, with ``images`` (N_img, 1, H, W).
+
+    The shared body of ``avdigits`` and ``avmnist``; see :func:`load_avdigits` for the
+    options. Returns :class:`RawData` with the speaker of each clip as its group.
+    """
+    noise = check_av_options(name, modalities, audio_noise, pair_seed, decode, on_error)
     cfg = spectrogram_config(audio, default="fsdd_cpu")
     folder = find_recordings(root)
     clips, bad_names = list_clips(folder, on_error)
     if bad_names:
-        log.warning("avdigits: skipped %d file(s) not named %s, e.g. %s", len(bad_names),
+        log.warning("%s: skipped %d file(s) not named %s, e.g. %s", name, len(bad_names),
                     _PATTERN_TEXT, bad_names[:5])
     start = time.perf_counter()
     ok, waves = _read_clips(clips, cfg, on_error, keep=decode == "memory")
-    mfeat = load_mfeat(modalities=["pix_image"], root=mfeat_root)
     clip_labels = torch.tensor([clips[k].digit for k in ok], dtype=torch.long)  # (n_ok,)
-    ci, ii = pair_by_label(clip_labels, mfeat.labels, pair_seed)  # (N,) each
+    ci, ii = pair_by_label(clip_labels, image_labels, pair_seed)  # (N,) each
     chosen = [clips[ok[k]] for k in ci.tolist()]
-    loader = AVDigitsLoader([c.path for c in chosen], mfeat.inputs["pix_image"][ii], cfg,
-                            modalities, noise)
+    loader = AVDigitsLoader([c.path for c in chosen], images[ii], cfg, modalities, noise)
     labels = torch.tensor([c.digit for c in chosen], dtype=torch.long)
     kwargs = dict(labels=labels, num_classes=_NUM_CLASSES,
                   class_names=[str(c) for c in range(_NUM_CLASSES)],
                   groups=[c.speaker for c in chosen])
     if decode == "lazy":
-        shapes = {m: spectrogram_shape(cfg) if m == "audio" else _IMAGE_SHAPE
+        shapes = {m: spectrogram_shape(cfg) if m == "audio" else tuple(images.shape[1:])
                   for m in modalities}
         dataset = LazyMultimodalDataset(loader, labels, shapes)
         return RawData(inputs=None, dataset=dataset, **kwargs)
@@ -244,7 +261,7 @@ def load_avdigits(root: str, modalities: Sequence[str] = ("audio", "image"),
             inputs[m] = torch.stack([loader.audio(i, *waves[k])
                                      for i, k in enumerate(ci.tolist())])  # (N, F, T)
         else:
-            inputs[m] = loader.images  # (N, 1, 16, 15)
-    log.info("avdigits: %d samples from %d clips in %.1f s", len(labels), len(clips),
+            inputs[m] = loader.images  # (N, 1, H, W)
+    log.info("%s: %d samples from %d clips in %.1f s", name, len(labels), len(clips),
              time.perf_counter() - start)
     return RawData(inputs=inputs, **kwargs)

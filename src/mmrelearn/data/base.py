@@ -79,6 +79,9 @@ class RawData:
         dataset: a :class:`LazyMultimodalDataset` over all N samples (instead of ``inputs``).
         groups: optional group of each sample (speaker, actor) for ``split_by: group``.
         splits: optional official split: ``{"train": idx, "test": idx[, "val": idx]}``.
+        fit_on_train: optional preprocessing FITTED on the training split:
+            ``fn(whole, train_idx) -> whole`` (e.g. avmnist's PCA); :func:`build_data` calls it
+            with the training indices only, so validation and test never influence it.
     """
 
     inputs: Optional[dict[str, Tensor]]
@@ -88,6 +91,7 @@ class RawData:
     dataset: Optional[LazyMultimodalDataset] = None
     groups: Optional[list[str]] = None
     splits: Optional[dict[str, Tensor]] = None
+    fit_on_train: Optional[Callable[[Any, Tensor], Any]] = None
 
 
 @dataclass
@@ -220,11 +224,14 @@ def build_data(name: str, *, val_fraction: float, test_fraction: float, split_se
     if len(index["train"]) == 0:
         raise ValueError(f"dataset {name!r}: the training split is empty; check "
                          f"val_fraction/test_fraction/split_by")
-    # Standardisation (training statistics) and noise (seeded per sample) act on the whole
+    # Standardisation and the builder's own fitted preprocessing (training statistics only)
+    # and noise (seeded per sample) act on the whole
     # dataset before it is split and before a method's holdout is carved out of training, so
     # every method sees the very same tensors whatever its holdout.
     if standardize:
         whole = _standardize(whole, index["train"])
+    if raw.fit_on_train is not None:
+        whole = raw.fit_on_train(whole, index["train"])
     if noise is not None:
         whole = apply_noise(whole, noise)
     parts = {split: whole.subset(idx) for split, idx in index.items()}

@@ -8,18 +8,20 @@ from typing import Any, Mapping, Optional
 from torch import nn
 
 from .fusion import FUSIONS, ConcatFusion, SumFusion
+from .lenet import LeNetEncoder
 from .mlp import MLPEncoder
 from .mmtm import MMTMModel
 from .multimodal import ModelOutput, MultimodalModel
 from .resnet import ResNet18Encoder
 
 __all__ = ["ModelOutput", "MultimodalModel", "build_model", "ENCODERS", "FUSIONS",
-           "MLPEncoder", "ResNet18Encoder", "ConcatFusion", "SumFusion", "MMTMModel"]
+           "MLPEncoder", "ResNet18Encoder", "LeNetEncoder", "ConcatFusion", "SumFusion", "MMTMModel"]
 
 logger = logging.getLogger(__name__)
 
 #: encoder ``type`` in a model spec -> class taking ``input_shape`` plus keyword options.
-ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "resnet18": ResNet18Encoder}
+ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "resnet18": ResNet18Encoder,
+                                        "lenet": LeNetEncoder}
 
 
 def _build_encoder(modality: str, spec: Mapping[str, Any], input_shape: tuple[int, ...]
