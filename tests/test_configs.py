@@ -2,7 +2,7 @@
 
 Configs of datasets the user downloads (CREMA-D, Kinetics-Sounds, UCF-101) run on tiny media
 files in the same formats, written by the test, with narrow encoders and small inputs; avdigits
-configs run on the real FSDD recordings when ../shared/datasets/fsdd is present.
+and avmnist configs run on the real FSDD recordings when ../shared/datasets/fsdd is present.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ def _tiny_overrides(name: str, tmp_path: Path) -> list[str]:
     """Point a config at tiny media of its format and shrink it to seconds on a CPU."""
     import mediafiles
 
-    if name not in ("avdigits", *PAPER):
+    if name not in ("avdigits", "avmnist", *PAPER):
         return []
-    if name == "avdigits":
+    if name in ("avdigits", "avmnist"):
         if not FSDD.is_dir():
             pytest.skip(f"the FSDD recordings are not at {FSDD}")
         return [f"data.root={FSDD}"]
@@ -72,7 +72,7 @@ def _tiny_overrides(name: str, tmp_path: Path) -> list[str]:
 
 def test_configs_exist():
     names = {_data_name(p) for p in CONFIGS}
-    assert {"mfeat", "avdigits", "cremad", "kinetics_sounds", "ucf101"} <= names
+    assert {"mfeat", "avdigits", "avmnist", "cremad", "kinetics_sounds", "ucf101"} <= names
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if _data_name(p) in PAPER],

@@ -61,7 +61,8 @@ def test_comparison_with_probes(tmp_path, tiny_raw):
             "variants": {"clean": []}}
     text = run_comparison(spec, tmp_path, seeds=2, progress=False)
     assert "| method | m0 probe acc | m1 probe acc |" in text
-    row = next(line for line in text.splitlines() if line.startswith("| dnr |"))
+    probe_table = text.split("| method | m0 probe acc | m1 probe acc |")[1]
+    row = next(line for line in probe_table.splitlines() if line.startswith("| dnr |"))
     assert row.count("±") == 2
     probe = json.loads((tmp_path / "clean/dnr/seed1/probe_best.json").read_text())["modalities"]
     assert set(probe) == {"m0", "m1"} and 0.0 <= probe["m0"]["test_acc"] <= 1.0

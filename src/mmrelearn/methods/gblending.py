@@ -95,6 +95,9 @@ def branch_parameters(model: nn.Module, head: str) -> list[nn.Parameter]:
 def train_copy(ctx: FitContext, head: str, epochs: int) -> nn.Module:
     """A deep copy of ``ctx.model`` trained for ``epochs`` epochs on CE(``head``) alone.
 
+    A unimodal copy runs only encoder ``head`` and its head (the K - 1 other encoders would
+    receive no gradient), so it costs one branch's forward and backward, not the whole model's.
+
     Its optimizer is fresh, of the real one's type and settings, and holds only
     :func:`branch_parameters`, so weight decay or momentum cannot move the rest. The global
     RNG (dropout) is restored afterwards; the caller restores the loader's generator.
@@ -109,8 +112,12 @@ def train_copy(ctx: FitContext, head: str, epochs: int) -> nn.Module:
         for _ in range(epochs):
             for inputs, y in ctx.train_loader:
                 y = y.to(ctx.device)
-                out = model({m: x.to(ctx.device) for m, x in inputs.items()})
-                loss = F.cross_entropy(head_logits(out)[head], y)
+                if head == FUSED:
+                    logits = model({m: x.to(ctx.device) for m, x in inputs.items()}).logits
+                else:  # only branch k runs: the other encoders would get no gradient anyway
+                    z = model.encoders[head](inputs[head].to(ctx.device))
+                    logits = model.unimodal_heads[head](z)
+                loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -170,6 +170,7 @@ class Trainer:
             self.method.on_train_epoch_start(ctx)
             record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
             record["train"] = self._train_epoch(epoch)
+            t1 = time.perf_counter()
             record["val"] = evaluate(self.model, self.loaders["val"], self.device, self.num_classes)
             if cfg.log_test_every_epoch:  # logged for curves; never read for selection
                 record["test"] = evaluate(self.model, self.loaders["test"], self.device,
@@ -180,8 +181,14 @@ class Trainer:
                 self.best = {"epoch": epoch, "score": record["val"][select]}
                 atomic_save({"epoch": epoch, "model": self.model.state_dict()},
                             self.ckpt_dir / "best.pt")
+            t2 = time.perf_counter()
             report = self.method.on_train_epoch_end(ctx)
-            record["time_s"] = time.perf_counter() - t0
+            t3 = time.perf_counter()
+            # train: the method's epoch start (e.g. G-Blending's estimate) and the batches;
+            # eval: validation/test/purity monitor/best checkpoint; method: the epoch-end hook
+            # (D&R's diagnosis and re-initialisation). Wall seconds, for ratios within a run.
+            record["time_s"] = {"total": t3 - t0, "train": t1 - t0, "eval": t2 - t1,
+                                "method": t3 - t2}
             if report is not None:
                 append_jsonl({"epoch": epoch, **report}, self.run_dir / "reports.jsonl")
                 record["report"] = report
@@ -197,6 +204,9 @@ class Trainer:
         last_state = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(best["model"])
         out = {"best_epoch": best["epoch"], "select_metric": self.cfg.select_metric,
+               # the training split in eval mode: the train/val gap of the selected epoch
+               "train": evaluate(self.model, self.loaders["diag_train"], self.device,
+                                 self.num_classes),
                "val": evaluate(self.model, self.loaders["val"], self.device, self.num_classes),
                "test": evaluate(self.model, self.loaders["test"], self.device, self.num_classes)}
         self.model.load_state_dict(last_state)

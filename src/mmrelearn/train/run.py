@@ -170,7 +170,9 @@ def _summary(cfg: Config, run_dir: Path, numbers: dict, seconds: float) -> dict[
     summary = {"name": cfg.name, "method": cfg.method["name"], "seed": cfg.seed,
                "data": cfg.data["name"], "epochs": cfg.train.epochs, **numbers,
                "fit_seconds_last_process": seconds,  # since the last (re)start
-               "train_seconds_total": sum(r["time_s"] for r in records)}
+               "train_seconds_total": sum(r["time_s"]["total"] for r in records),
+               "seconds": {k: sum(r["time_s"][k] for r in records)
+                           for k in ("train", "eval", "method")}}
     if records and "test" in records[0]:
         best = max(records, key=lambda r: r["test"]["acc"])
         # Selected on TEST: the figure published work often reports. Never use it to compare.

@@ -1,0 +1,257 @@
+"""Comparisons under one protocol: every (seed, variant, method) run, interleaved, then reports.
+
+A specification (``spec``) has a ``base`` config, ``methods`` and ``variants`` (lists of dotted
+overrides), a ``title`` and a description per variant, and optionally ``probe: true`` (each
+modality's linear probe on the frozen encoders), ``unimodal: [modality, ...]`` (joint
+training on that modality alone, per variant and seed), ``scarce: [variant, ...]`` (variants
+where one modality is scarcely informative, the paper's Table 4 setting), ``task`` and
+``reference`` (default ``joint``).
+
+Runs go seed by seed, and within a seed every variant and method in turn, so load drift on a
+shared machine hits every method alike; timing ratios are medians over seeds of per-seed ratios.
+Finished runs are reused, interrupted ones resumed, a run directory of another config refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, median, stdev
+from typing import Any, Optional
+
+import yaml
+from tqdm.auto import tqdm
+
+from .config import apply_overrides, config_from_dict, config_to_dict
+from .report import aggregate, markdown_table, paired_markdown
+from .train import RunExistsError, train
+from .train.checkpoint import atomic_write_text, read_jsonl
+from .train.plots import plot_groups, plot_improvement, plot_probe_scatter
+
+__all__ = ["Job", "comparison_jobs", "run_comparison", "collect_results", "timing_rows"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One run of a comparison: ``method`` is a key of the spec's methods or ``alone_<m>``."""
+
+    seed: int
+    variant: str
+    method: str
+    run_dir: Path
+    raw: dict
+
+
+def comparison_jobs(spec: dict[str, Any], out_dir: Path, seeds: int,
+                    epochs: Optional[int] = None) -> list[Job]:
+    """Every run of ``spec`` in execution order: seed, then variant, then method."""
+    methods = dict(spec["methods"])
+    for m in spec.get("unimodal", []):
+        methods[f"alone_{m}"] = [f"data.modalities=[{m}]", "method={name: joint}"]
+    jobs = []
+    for seed in range(seeds):
+        for variant, var_over in spec["variants"].items():
+            for method, m_over in methods.items():
+                over = [*var_over, *m_over, f"seed={seed}", f"name={variant}-{method}",
+                        "train.progress=false"]
+                if epochs is not None:
+                    over.append(f"train.epochs={epochs}")
+                jobs.append(Job(seed, variant, method, out_dir / variant / method / f"seed{seed}",
+                                apply_overrides(spec["base"], over)))
+    return jobs
+
+
+def _run_one(raw: dict, run_dir: Path) -> dict:
+    cfg = config_from_dict(raw)
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        return train(cfg, run_dir=run_dir)
+    if yaml.safe_load(stored.read_text()) != config_to_dict(cfg):
+        raise RunExistsError(f"{run_dir} holds a run of another configuration; remove it or "
+                             f"choose another output directory")
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    return train(run_dir=run_dir, resume=True)  # interrupted earlier: continue it
+
+
+def collect_results(spec: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
+    """The ``results.json`` payload: per variant and method, per-seed test metrics (%), probe
+    accuracies (%), the selected epoch's train/val accuracy (%) and seconds by phase."""
+    from .probe import probe_run
+
+    scarce = set(spec.get("scarce", []))
+    out: dict[str, Any] = {"task": spec.get("task", spec["base"]["data"]["name"]),
+                           "reference": spec.get("reference", "joint"), "variants": {}}
+    for variant in spec["variants"]:
+        methods: dict[str, Any] = {}
+        for job in (j for j in jobs if j.variant == variant):
+            s = json.loads((job.run_dir / "summary.json").read_text())
+            e = methods.setdefault(job.method, {"seeds": [], "test": {}, "selected": {},
+                                                "timing": {}})
+            e["seeds"].append(job.seed)
+            for k in ("acc", "macro_f1", "weighted_f1"):
+                e["test"].setdefault(k, []).append(100.0 * s["test"][k])
+            for split in ("train", "val"):
+                e["selected"].setdefault(f"{split}_acc", []).append(100.0 * s[split]["acc"])
+            for k, v in s["seconds"].items():
+                e["timing"].setdefault(f"{k}_s", []).append(v)
+            if spec.get("probe", False) and not job.method.startswith("alone_"):
+                for m, r in probe_run(job.run_dir).items():
+                    e.setdefault("probe", {}).setdefault(m, []).append(100.0 * r["test_acc"])
+        out["variants"][variant] = {"description": spec["descriptions"][variant],
+                                    "scarce": variant in scarce, "methods": methods}
+    return out
+
+
+def _ms(values: list[float]) -> str:
+    return f"{mean(values):.2f} ± {stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+
+def timing_rows(methods: dict[str, Any], reference: str = "joint") -> list[dict[str, Any]]:
+    """Per method: the median over seeds of its training seconds / the reference's (same seed),
+    likewise for the whole epoch loop, and its epoch-end-hook seconds / its training seconds
+    (D&R's diagnosis overhead)."""
+    ref = methods[reference]
+    ref_by_seed = dict(zip(ref["seeds"], zip(ref["timing"]["train_s"], ref["timing"]["eval_s"],
+                                             ref["timing"]["method_s"])))
+    rows = []
+    for name, e in methods.items():
+        t = e["timing"]
+        train_r, total_r, hook = [], [], []
+        for i, seed in enumerate(e["seeds"]):
+            r_train, r_eval, r_hook = ref_by_seed[seed]
+            train_r.append(t["train_s"][i] / r_train)
+            total_r.append((t["train_s"][i] + t["eval_s"][i] + t["method_s"][i])
+                           / (r_train + r_eval + r_hook))
+            hook.append(t["method_s"][i] / t["train_s"][i])
+        rows.append({"method": name, "train_ratio": median(train_r),
+                     "total_ratio": median(total_r), "hook_over_train": median(hook),
+                     "train_s": median(t["train_s"])})
+    return rows
+
+
+def _variant_report(spec: dict, variant: str, entry: dict, jobs: list[Job], out_dir: Path,
+                    reference: str) -> list[str]:
+    summaries = [json.loads((j.run_dir / "summary.json").read_text()) for j in jobs]
+    main = [s for j, s in zip(jobs, summaries) if not j.method.startswith("alone_")]
+    methods = entry["methods"]
+    lines = [f"## {variant}: {entry['description']}", "",
+             "Test metrics (%) at the epoch selected on validation, mean ± std over seeds:", "",
+             markdown_table(aggregate(summaries)), ""]
+    if reference in methods and len(methods) > 1:
+        lines += [f"Paired by seed against {reference} (test accuracy, percentage points; 95% "
+                  f"t interval over seeds; paired t-test):", "",
+                  paired_markdown(main, reference, "acc"), ""]
+    lines += ["Train / validation accuracy (%) of the selected epoch (the training split in "
+              "eval mode), mean over seeds:", "", "| method | train acc | val acc | gap |",
+              "|---|---|---|---|"]
+    for name, e in methods.items():
+        tr, va = e["selected"]["train_acc"], e["selected"]["val_acc"]
+        lines.append(f"| {name} | {mean(tr):.2f} | {mean(va):.2f} | {mean(tr) - mean(va):.2f} |")
+    lines.append("")
+    if any("probe" in e for e in methods.values()):
+        mods = next(e for e in methods.values() if "probe" in e)["probe"]
+        lines += ["Uni-modal linear probes on the frozen encoders of the selected epoch "
+                  "(logistic regression fitted on train, C chosen on val, test accuracy %, "
+                  "mean ± std over seeds):", "",
+                  "| method | " + " | ".join(f"{m} probe acc" for m in mods) + " |",
+                  "|---|" + "---|" * len(mods)]
+        lines += [f"| {n} | " + " | ".join(_ms(e["probe"][m]) for m in mods) + " |"
+                  for n, e in methods.items() if "probe" in e]
+        lines.append("")
+    if reference in methods:
+        lines += ["Wall time, median over seeds of the per-seed ratio to " + reference +
+                  " (runs interleaved seed by seed); train = epoch start hook + batches, "
+                  "total adds evaluation and the epoch-end hook; hook / train = the epoch-end "
+                  "hook's seconds (D&R: diagnosis and re-initialisation) over training seconds:",
+                  "", "| method | train / " + reference + " | total / " + reference +
+                  " | hook / train | train s (median) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['train_ratio']:.2f} | {r['total_ratio']:.2f} | "
+                  f"{r['hook_over_train']:.3f} | {r['train_s']:.1f} |"
+                  for r in timing_rows(methods, reference)]
+        lines.append("")
+    groups: dict[str, list[Path]] = {}
+    for j in jobs:
+        groups.setdefault(j.method, []).append(j.run_dir)
+    monitored = spec["base"].get("train", {}).get("monitor_purity", False)
+    for method, ds in groups.items() if monitored else ():
+        lines += [f"Per-modality purity at the last epoch ({method}, mean over seeds):",
+                  *_purity_lines(ds), ""]
+    for method, ds in groups.items():
+        if any("dnr" in r for d in ds for r in read_jsonl(d / "reports.jsonl")):
+            lines += [f"D&R diagnoses ({method}):", *_trajectory_lines(ds), ""]
+    main_groups = {m: ds for m, ds in groups.items() if not m.startswith("alone_")}
+    mods = spec["base"]["data"].get("modalities", []) if monitored else []
+    lines += [f"Curves: {plot_groups(main_groups, out_dir / f'{variant}_curves.png', mods)}", ""]
+    return lines
+
+
+def _purity_lines(dirs: list[Path]) -> list[str]:
+    """Per-modality train/val purity at the last epoch, mean over seeds."""
+    last = [read_jsonl(d / "metrics.jsonl")[-1]["purity"] for d in dirs]
+    lines = []
+    for m in last[0]:
+        p_tr = mean(p[m]["train"] for p in last)
+        p_va = mean(p[m]["val"] for p in last)
+        lines.append(f"  {m}: P_train {p_tr:.3f}  P_val {p_va:.3f}  gap {abs(p_tr - p_va):.3f}")
+    return lines
+
+
+def _trajectory_lines(dirs: list[Path]) -> list[str]:
+    """Each D&R diagnosis of each seed: epoch, then gap and alpha per modality."""
+    lines = []
+    for d in dirs:
+        for r in (r for r in read_jsonl(d / "reports.jsonl") if "dnr" in r):
+            cells = ", ".join(f"{m} P_tr {v['p_train']:.3f} P_val {v['p_val']:.3f} "
+                              f"gap {v['gap']:.3f} alpha {v['alpha']:.3f}"
+                              for m, v in r["dnr"]["modalities"].items())
+            lines.append(f"  {d.name} epoch {r['epoch']}: {cells}")
+    return lines
+
+
+def _figures(results: dict, out_dir: Path) -> list[str]:
+    """Figure 1a (accuracy change over the reference) and 1b/c (probe scatter) as PNGs."""
+    from .claims import improvement_rows, probe_points
+
+    ref = results["reference"]
+    rows = [r for r in improvement_rows(results) if not r["method"].startswith("alone_")]
+    lines = []
+    if rows:
+        lines.append(f"Accuracy change over {ref}: "
+                     f"{plot_improvement(rows, out_dir / 'improvement.png')}")
+    for variant in results["variants"]:
+        points = probe_points(results, variant)
+        if points and len(next(iter(points.values()))) == 2:
+            path = plot_probe_scatter(points, out_dir / f"{variant}_probes.png")
+            lines.append(f"Uni-modal probes ({variant}): {path}")
+    return lines
+
+
+def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
+                   epochs: Optional[int] = None, progress: bool = True) -> str:
+    """Run every job of ``spec`` (see the module docstring) and write ``results.md``,
+    ``results.json`` and the figures into ``out_dir``; returns the report text."""
+    out_dir = Path(out_dir)
+    jobs = comparison_jobs(spec, out_dir, seeds, epochs)
+    reused = sum((j.run_dir / "summary.json").is_file() for j in jobs)
+    t0 = time.perf_counter()
+    for job in tqdm(jobs, desc="runs", disable=not progress):
+        _run_one(job.raw, job.run_dir)
+    wall = time.perf_counter() - t0
+    results = collect_results(spec, jobs)
+    atomic_write_text(json.dumps(results, indent=1) + "\n", out_dir / "results.json")
+    reference = results["reference"]
+    report = [spec.get("title", "mmrelearn comparison"), ""]
+    for variant, entry in results["variants"].items():
+        report += _variant_report(spec, variant, entry, [j for j in jobs if j.variant == variant],
+                                  out_dir, reference)
+    report += _figures(results, out_dir) + [""]
+    report.append(f"Wall time: {wall:.0f} s for {len(jobs) - reused} runs trained now "
+                  f"({reused} finished runs reused from {out_dir}).")
+    text = "\n".join(report)
+    atomic_write_text(text + "\n", out_dir / "results.md")
+    return text
