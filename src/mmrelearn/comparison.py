@@ -3,7 +3,8 @@
 A specification (``spec``) has a ``base`` config, ``methods`` and ``variants`` (lists of dotted
 overrides), a ``title`` and a description per variant, and optionally ``probe: true`` (each
 modality's linear probe on the frozen encoders), ``unimodal: [modality, ...]`` (joint
-training on that modality alone, per variant and seed), ``scarce: [variant, ...]`` (variants
+training on that modality alone, per variant and seed, through the dataset's ``modalities``
+option; a ``data.noise`` on another modality is dropped for it), ``scarce: [variant, ...]`` (variants
 where one modality is scarcely informative, the paper's Table 4 setting), ``task`` and
 ``reference`` (default ``joint``).
 
@@ -60,8 +61,12 @@ def comparison_jobs(spec: dict[str, Any], out_dir: Path, seeds: int,
                         "train.progress=false"]
                 if epochs is not None:
                     over.append(f"train.epochs={epochs}")
+                raw = apply_overrides(spec["base"], over)
+                noise = raw["data"].get("noise")
+                if method.startswith("alone_") and noise and noise["modality"] != method[6:]:
+                    raw["data"]["noise"] = None  # it degrades a modality this run does not have
                 jobs.append(Job(seed, variant, method, out_dir / variant / method / f"seed{seed}",
-                                apply_overrides(spec["base"], over)))
+                                raw))
     return jobs
 
 

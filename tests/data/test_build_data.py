@@ -187,3 +187,16 @@ def test_holdout_does_not_change_any_tensor():
     for split in ("val", "test"):
         for m in ("m0", "m1"):
             assert torch.equal(getattr(plain, split).inputs[m], getattr(held, split).inputs[m])
+
+
+def test_synthetic_modality_subset_keeps_the_data():
+    from mmrelearn.data.synthetic import make_synthetic
+
+    whole = make_synthetic(num_samples=30, num_classes=3, dims=[2, 3, 4],
+                           separations=[1, 2, 3], seed=4)
+    sub = make_synthetic(num_samples=30, num_classes=3, dims=[2, 3, 4],
+                         separations=[1, 2, 3], seed=4, modalities=["m2", "m0"])
+    assert list(sub.inputs) == ["m2", "m0"] and torch.equal(sub.labels, whole.labels)
+    assert torch.equal(sub.inputs["m2"], whole.inputs["m2"])
+    with pytest.raises(ValueError, match="synthetic.modalities"):
+        make_synthetic(modalities=["m9"])

@@ -33,7 +33,7 @@ def _check(num_samples: int, num_classes: int, dims: list[int], separations: lis
 @register_dataset("synthetic")
 def make_synthetic(num_samples: int = 600, num_classes: int = 4, dims: list[int] = (16, 16),
                    separations: list[float] = (3.0, 1.0), noise_std: Optional[list[float]] = None,
-                   seed: int = 0) -> RawData:
+                   seed: int = 0, modalities: Optional[list[str]] = None) -> RawData:
     """Gaussian class clusters seen through K modalities "m0", "m1", ...
 
     Labels are balanced (i mod C, then shuffled). For modality k the C class means are drawn
@@ -47,6 +47,8 @@ def make_synthetic(num_samples: int = 600, num_classes: int = 4, dims: list[int]
         separations: distance of the class means from the origin, per modality.
         noise_std: within-class standard deviation per modality (default 1.0 each).
         seed: seed of the labels, means and noise.
+        modalities: keep only these of "m0", "m1", ... (in this order); the data of a kept
+            modality do not depend on this choice. Default: all.
 
     Returns:
         :class:`RawData` with inputs ``m<k>`` float32 (N, dims[k]) and labels int64 (N,).
@@ -63,5 +65,11 @@ def make_synthetic(num_samples: int = 600, num_classes: int = 4, dims: list[int]
         means = means / means.norm(dim=1, keepdim=True).clamp_min(1e-12) * sep
         noise = torch.randn(num_samples, d, generator=gen)  # (N, d)
         inputs[f"m{k}"] = means[labels] + std * noise
+    if modalities is not None:
+        unknown = [m for m in modalities if m not in inputs]
+        if unknown or not modalities or len(set(modalities)) != len(modalities):
+            raise ValueError(f"synthetic.modalities {modalities!r}: expected distinct names "
+                             f"among {list(inputs)}")
+        inputs = {m: inputs[m] for m in modalities}
     names = [str(c) for c in range(num_classes)]
     return RawData(inputs, labels, num_classes, names)

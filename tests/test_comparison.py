@@ -1,0 +1,85 @@
+"""The comparison runner: interleaved order, results.json, paired tables, timing ratios."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmrelearn.comparison import comparison_jobs, run_comparison, timing_rows
+
+
+def _spec(tiny_raw):
+    tiny_raw["train"].update(epochs=2, monitor_purity=False)
+    return {"title": "# tiny", "task": "tiny", "base": tiny_raw, "probe": True,
+            "unimodal": ["m1"], "scarce": ["noisy"],
+            "descriptions": {"clean": "as generated", "noisy": "m0 at 0 dB"},
+            "methods": {"joint": ["method={name: joint}"], "dnr": ["method.every=1"]},
+            "variants": {"clean": [], "noisy": ["data.noise={modality: m0, snr_db: 0}"]}}
+
+
+def test_jobs_are_interleaved_seed_by_seed(tiny_raw, tmp_path):
+    jobs = comparison_jobs(_spec(tiny_raw), tmp_path, seeds=2, epochs=3)
+    order = [(j.seed, j.variant, j.method) for j in jobs]
+    assert order == [(s, v, m) for s in (0, 1) for v in ("clean", "noisy")
+                     for m in ("joint", "dnr", "alone_m1")]
+    alone = next(j for j in jobs if j.method == "alone_m1")
+    assert alone.raw["data"]["modalities"] == ["m1"] and alone.raw["method"] == {"name": "joint"}
+    assert alone.run_dir == tmp_path / "clean" / "alone_m1" / "seed0"
+    assert all(j.raw["train"]["epochs"] == 3 and j.raw["seed"] == j.seed for j in jobs)
+    noisy = {j.method: j for j in jobs if j.variant == "noisy"}
+    assert noisy["dnr"].raw["data"]["noise"] == {"modality": "m0", "snr_db": 0}
+    assert noisy["alone_m1"].raw["data"]["noise"] is None  # m0's noise: not in an m1-only run
+
+
+def test_timing_rows_by_hand():
+    methods = {
+        "joint": {"seeds": [0, 1, 2], "timing": {"train_s": [10.0, 20.0, 10.0],
+                                                  "eval_s": [2.0, 2.0, 2.0],
+                                                  "method_s": [0.0, 0.0, 0.0]}},
+        # seed order differs from the reference's: ratios must pair by seed
+        "dnr": {"seeds": [2, 0, 1], "timing": {"train_s": [12.0, 11.0, 30.0],
+                                               "eval_s": [2.0, 2.0, 2.0],
+                                               "method_s": [1.2, 1.1, 0.0]}},
+    }
+    rows = {r["method"]: r for r in timing_rows(methods)}
+    # dnr / joint per seed: seed 0 11/10, seed 1 30/20, seed 2 12/10 -> median 1.2
+    assert rows["dnr"]["train_ratio"] == pytest.approx(1.2)
+    # totals: seed 0 14.1/12, seed 1 32/22, seed 2 15.2/12 -> median 15.2 / 12
+    assert rows["dnr"]["total_ratio"] == pytest.approx(15.2 / 12)
+    # hook / train: 0.1, 0.0, 0.1 -> median 0.1
+    assert rows["dnr"]["hook_over_train"] == pytest.approx(0.1)
+    assert rows["joint"]["train_ratio"] == 1.0 and rows["dnr"]["train_s"] == 12.0
+
+
+def test_run_comparison_writes_results_json_and_figures(tiny_raw, tmp_path):
+    text = run_comparison(_spec(tiny_raw), tmp_path, seeds=2, progress=False)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["task"] == "tiny" and res["reference"] == "joint"
+    assert res["variants"]["noisy"]["scarce"] and not res["variants"]["clean"]["scarce"]
+    for variant in ("clean", "noisy"):
+        methods = res["variants"][variant]["methods"]
+        assert list(methods) == ["joint", "dnr", "alone_m1"]
+        dnr = methods["dnr"]
+        assert dnr["seeds"] == [0, 1] and len(dnr["test"]["acc"]) == 2
+        summary = json.loads((tmp_path / variant / "dnr" / "seed1" / "summary.json").read_text())
+        assert dnr["test"]["acc"][1] == pytest.approx(100 * summary["test"]["acc"])
+        assert dnr["selected"]["train_acc"][1] == pytest.approx(100 * summary["train"]["acc"])
+        assert set(dnr["probe"]) == {"m0", "m1"} and "probe" not in methods["alone_m1"]
+        assert set(dnr["timing"]) == {"train_s", "eval_s", "method_s"}
+        assert dnr["timing"]["method_s"][0] > 0 and methods["joint"]["timing"]["method_s"][0] < 0.01
+    assert "Paired by seed against joint" in text and "| dnr | 2 |" in text
+    assert "| method | train / joint | total / joint | hook / train |" in text
+    for name in ("improvement.png", "clean_probes.png", "noisy_probes.png", "clean_curves.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert (tmp_path / "results.md").read_text().strip() == text.strip()
+
+
+def test_results_json_feeds_the_claims(tiny_raw, tmp_path):
+    from mmrelearn.claims import evaluate_claims, load_results
+
+    run_comparison(_spec(tiny_raw), tmp_path, seeds=2, progress=False)
+    results, missing = load_results([tmp_path / "results.json", Path(tmp_path / "none.json")])
+    assert len(results) == 1 and len(missing) == 1
+    rows = evaluate_claims(results)["rows"]
+    assert {r["claim"] for r in rows} >= {"C1", "C4"}
