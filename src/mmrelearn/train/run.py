@@ -165,13 +165,21 @@ def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] =
     return summary
 
 
+def _phase(record: dict, phase: str) -> float:
+    """Seconds of one phase of an epoch record (records of older runs hold the total only)."""
+    t = record["time_s"]
+    if isinstance(t, dict):
+        return t[phase]
+    return t if phase in ("total", "train") else 0.0
+
+
 def _summary(cfg: Config, run_dir: Path, numbers: dict, seconds: float) -> dict[str, Any]:
     records = read_jsonl(run_dir / "metrics.jsonl")
     summary = {"name": cfg.name, "method": cfg.method["name"], "seed": cfg.seed,
                "data": cfg.data["name"], "epochs": cfg.train.epochs, **numbers,
                "fit_seconds_last_process": seconds,  # since the last (re)start
-               "train_seconds_total": sum(r["time_s"]["total"] for r in records),
-               "seconds": {k: sum(r["time_s"][k] for r in records)
+               "train_seconds_total": sum(_phase(r, "total") for r in records),
+               "seconds": {k: sum(_phase(r, k) for r in records)
                            for k in ("train", "eval", "method")}}
     if records and "test" in records[0]:
         best = max(records, key=lambda r: r["test"]["acc"])
