@@ -13,15 +13,17 @@ from .mlp import MLPEncoder
 from .mmtm import MMTMModel
 from .multimodal import ModelOutput, MultimodalModel
 from .resnet import ResNet18Encoder
+from .transformer import TransformerEncoder
 
 __all__ = ["ModelOutput", "MultimodalModel", "build_model", "ENCODERS", "FUSIONS",
-           "MLPEncoder", "ResNet18Encoder", "LeNetEncoder", "ConcatFusion", "SumFusion", "MMTMModel"]
+           "MLPEncoder", "ResNet18Encoder", "LeNetEncoder", "TransformerEncoder", "ConcatFusion",
+           "SumFusion", "MMTMModel"]
 
 logger = logging.getLogger(__name__)
 
 #: encoder ``type`` in a model spec -> class taking ``input_shape`` plus keyword options.
 ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "resnet18": ResNet18Encoder,
-                                        "lenet": LeNetEncoder}
+                                        "lenet": LeNetEncoder, "transformer": TransformerEncoder}
 
 
 def _build_encoder(modality: str, spec: Mapping[str, Any], input_shape: tuple[int, ...]
