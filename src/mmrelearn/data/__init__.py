@@ -6,8 +6,8 @@ from .splits import group_split, split_indices
 from .transforms import add_noise_snr
 
 # Explicit imports fill the registry (no file scanning).
-from . import (avdigits, avmnist, cremad, kinetics_sounds, mfeat, prepare,  # noqa: E402,F401
-               synthetic, ucf101)
+from . import (avdigits, avmnist, cremad, kinetics_sounds, mfeat, mosi,  # noqa: E402,F401
+               prepare, synthetic, ucf101)
 
 __all__ = ["DATASETS", "SPLIT_KEYS", "DataBundle", "MultimodalDataset", "LazyMultimodalDataset",
            "MediaError", "RawData", "build_data", "register_dataset", "stratified_split",
