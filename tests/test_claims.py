@@ -143,7 +143,7 @@ def test_c5_dagger_vs_gblending(evaluation):
 def test_seed_mismatch_is_an_error():
     res = _bad()
     res["variants"]["scarce"]["methods"]["dnr"]["seeds"] = [0, 1, 2, 3, 9]
-    with pytest.raises(ValueError, match=r"bad/scarce: dnr vs joint.*'dnr' lacks seeds \[4\]"):
+    with pytest.raises(ValueError, match=r"bad/scarce: dnr vs joint.*'joint' lacks seeds \[9\]"):
         evaluate_claims([res])
 
 

@@ -32,6 +32,15 @@ def test_jobs_are_interleaved_seed_by_seed(tiny_raw, tmp_path):
     assert noisy["alone_m1"].raw["data"]["noise"] is None  # m0's noise: not in an m1-only run
 
 
+def test_a_costly_method_on_fewer_seeds(tiny_raw, tmp_path):
+    spec = {**_spec(tiny_raw), "method_seeds": {"dnr": 1}}
+    jobs = comparison_jobs(spec, tmp_path, seeds=3)
+    assert [j.seed for j in jobs if j.method == "dnr"] == [0, 0]  # one per variant
+    assert [j.seed for j in jobs if j.method == "joint"] == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match=r"method_seeds names \['pmr'\]"):
+        comparison_jobs({**spec, "method_seeds": {"pmr": 2}}, tmp_path, seeds=3)
+
+
 def test_timing_rows_by_hand():
     methods = {
         "joint": {"seeds": [0, 1, 2], "timing": {"train_s": [10.0, 20.0, 10.0],

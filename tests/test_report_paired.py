@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from statistics import mean
 
 import pytest
 
@@ -83,13 +84,21 @@ def test_cli_compare_vs_errors(tmp_path, capsys):
     assert main(["compare", "--vs", "pmr", *runs]) == 2
     assert "reference method 'pmr' is not among the runs' methods ['dnr', 'joint']" in \
         capsys.readouterr().err
-    short = [r for r in runs if not r.endswith("clean-dnr/seed2")]
+    short = [r for r in runs if not r.endswith("clean-joint/seed2")]
     assert main(["compare", "--vs", "joint", *short]) == 2
-    assert "setting 'clean': 'dnr' and 'joint' were not run on the same seeds: 'dnr' lacks " \
-           "seeds [2]" in capsys.readouterr().err
+    assert "setting 'clean': 'dnr' cannot be paired with 'joint': 'joint' lacks seeds [2]" in \
+        capsys.readouterr().err
     noisy_only = [r for r in runs if "clean-joint" not in r]
     assert main(["compare", "--vs", "joint", *noisy_only]) == 2
     assert "no 'joint' runs on setting 'clean'" in capsys.readouterr().err
     assert main(["compare", "--metric", "acc", *runs]) == 2
     assert "it needs --vs" in capsys.readouterr().err
     assert main(["compare", "--vs", "joint", "--layout", "paper", *runs]) == 2
+
+
+def test_paired_rows_over_the_methods_seeds(tmp_path):
+    # dnr on seeds 0 and 1 only, joint on 0, 1, 2: paired over 0 and 1
+    runs = [r for r in _write_runs(tmp_path) if not r.endswith("clean-dnr/seed2")]
+    clean = paired_rows(load_summaries(runs), "joint")[0]
+    assert clean["seeds"] == [0, 1] and clean["n"] == 2
+    assert clean["reference_value"] == pytest.approx(100 * mean(ACC["clean-joint"][:2]))

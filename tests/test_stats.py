@@ -110,5 +110,13 @@ def test_paired_table_aligns_by_seed():
 def test_paired_table_errors():
     with pytest.raises(ValueError, match=r"'joint' is not among \['dnr'\]"):
         paired_table({"dnr": {0: 1.0}}, "joint")
-    with pytest.raises(ValueError, match=r"'dnr' lacks seeds \[2\], 'joint' lacks seeds \[5\]"):
+    with pytest.raises(ValueError, match=r"'dnr' cannot be paired with 'joint': 'joint' lacks "
+                                         r"seeds \[5\]"):
         paired_table({"joint": {0: 1, 1: 2, 2: 3}, "dnr": {0: 1, 1: 2, 5: 3}}, "joint")
+
+
+def test_paired_table_over_the_methods_seeds():
+    # the reference ran on 5 seeds, pmr on 3: pmr is paired over seeds 0, 2, 4 only
+    ref = {0: 70.0, 1: 99.0, 2: 71.0, 3: 99.0, 4: 70.0}
+    res = paired_table({"joint": ref, "pmr": {4: 72.0, 0: 71.0, 2: 74.0}}, "joint")["pmr"]
+    assert res.n == 3 and res.differences == (1.0, 3.0, 2.0)

@@ -5,8 +5,9 @@ overrides), a ``title`` and a description per variant, and optionally ``probe: t
 modality's linear probe on the frozen encoders), ``unimodal: [modality, ...]`` (joint
 training on that modality alone, per variant and seed, through the dataset's ``modalities``
 option; a ``data.noise`` on another modality is dropped for it), ``scarce: [variant, ...]`` (variants
-where one modality is scarcely informative, the paper's Table 4 setting), ``task`` and
-``reference`` (default ``joint``).
+where one modality is scarcely informative, the paper's Table 4 setting), ``method_seeds:
+{method: n}`` (a costly method run on the first n seeds only; it is paired with the
+reference over those), ``task`` and ``reference`` (default ``joint``).
 
 Runs go seed by seed, and within a seed every variant and method in turn, so load drift on a
 shared machine hits every method alike; timing ratios are medians over seeds of per-seed ratios.
@@ -53,10 +54,17 @@ def comparison_jobs(spec: dict[str, Any], out_dir: Path, seeds: int,
     methods = dict(spec["methods"])
     for m in spec.get("unimodal", []):
         methods[f"alone_{m}"] = [f"data.modalities=[{m}]", "method={name: joint}"]
+    fewer = spec.get("method_seeds", {})
+    unknown = sorted(set(fewer) - set(methods))
+    if unknown:
+        raise ValueError(f"method_seeds names {unknown}, which are not among the methods "
+                         f"{sorted(methods)}")
     jobs = []
     for seed in range(seeds):
         for variant, var_over in spec["variants"].items():
             for method, m_over in methods.items():
+                if seed >= fewer.get(method, seeds):
+                    continue  # a costly method run on fewer seeds (stated in the spec)
                 over = [*var_over, *m_over, f"seed={seed}", f"name={variant}-{method}",
                         "train.progress=false"]
                 if epochs is not None:

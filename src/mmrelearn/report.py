@@ -166,7 +166,8 @@ def paired_rows(summaries: Sequence[dict[str, Any]], reference: str, metric: str
         except ValueError as e:
             raise ValueError(f"setting {setting!r}: {e}") from None
         rows.append({"setting": setting, "method": method, "seeds": sorted(vals),
-                     "value": mean(vals.values()), "reference_value": mean(ref.values()),
+                     "value": mean(vals.values()),
+                     "reference_value": mean(ref[s] for s in vals),  # over the paired seeds
                      **res.to_dict(alpha)})
     return rows
 
