@@ -1,13 +1,14 @@
 """Every shipped config loads and trains for an epoch on CPU.
 
-Configs of datasets the user downloads (CREMA-D, Kinetics-Sounds, UCF-101) run on tiny media
-files in the same formats, written by the test, with narrow encoders and small inputs; avdigits
+Configs of datasets the user downloads (CREMA-D, Kinetics-Sounds, UCF-101, MOSI/MOSEI) run on
+tiny files in the same formats, written by the test, with narrow encoders and small inputs; avdigits
 and avmnist configs run on the real FSDD recordings when ../shared/datasets/fsdd is present.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -36,10 +37,29 @@ def _weights(tmp_path: Path) -> Path:
     return tmp_path / "resnet18.pth"
 
 
+def _affect_pickle(tmp_path: Path, name: str) -> Path:
+    """A tiny MultiBench-layout MOSI/MOSEI pickle: 4 steps, both sentiment signs per split."""
+    import pickle
+
+    dims = {"vision": 20, "audio": 5, "text": 300} if name == "mosi" else \
+        {"vision": 35, "audio": 74, "text": 300}
+    rng = np.random.default_rng(0)
+    data = {}
+    for split, n in (("train", 8), ("valid", 4), ("test", 4)):
+        data[split] = {m: rng.normal(size=(n, 4, d)).astype(np.float32) for m, d in dims.items()}
+        data[split]["labels"] = np.linspace(-2.5, 2.5, n).reshape(n, 1)
+        data[split]["id"] = np.arange(n)
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(pickle.dumps(data))
+    return path
+
+
 def _tiny_overrides(name: str, tmp_path: Path) -> list[str]:
     """Point a config at tiny media of its format and shrink it to seconds on a CPU."""
     import mediafiles
 
+    if name in ("mosi", "mosei"):
+        return [f"data.path={_affect_pickle(tmp_path, name)}"]
     if name not in ("avdigits", "avmnist", *PAPER):
         return []
     if name in ("avdigits", "avmnist"):
@@ -72,7 +92,8 @@ def _tiny_overrides(name: str, tmp_path: Path) -> list[str]:
 
 def test_configs_exist():
     names = {_data_name(p) for p in CONFIGS}
-    assert {"mfeat", "avdigits", "avmnist", "cremad", "kinetics_sounds", "ucf101"} <= names
+    assert {"mfeat", "avdigits", "avmnist", "cremad", "kinetics_sounds", "ucf101",
+            "mosi"} <= names
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if _data_name(p) in PAPER],
@@ -85,6 +106,16 @@ def test_paper_configs_follow_the_paper(path):
     if "cpu" not in path.name:  # the GPU-sized settings of the paper
         assert cfg.method["every"] == every and cfg.optim.lr == 1e-3
         assert all(e["width"] == 64 for e in cfg.model.encoders.values())
+
+
+def test_mosi_config_follows_the_paper():
+    """Table 3 left: three modalities, Transformer encoders, concat; lambda 8, H 5 (Sec. 4.2)."""
+    cfg = load_config(ROOT / "configs" / "mosi_dnr.yaml")
+    assert cfg.data["name"] == "mosi" and len(cfg.data["modalities"]) == 3
+    assert {e["type"] for e in cfg.model.encoders.values()} == {"transformer"}
+    assert cfg.model.fusion == "concat"
+    assert cfg.method["name"] == "dnr" and cfg.method["lam"] == 8.0 and cfg.method["every"] == 5
+    assert cfg.optim.name == "sgd" and cfg.optim.momentum == 0.9 and cfg.optim.lr == 1e-3
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
