@@ -29,9 +29,10 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fusion: str = "concat"  # concat | sum | mmtm
+    fusion: str = "concat"  # concat | sum | mmtm | mbt
     fusion_dim: Optional[int] = None  # sum fusion only
     unimodal_heads: bool = False
+    mbt: dict[str, Any] = field(default_factory=dict)  # mbt fusion only: MBTModel's options
 
 
 @dataclass
@@ -199,7 +200,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     """Build and fully check a :class:`Config` (registered builders' keys included)."""
     from .data import DATASETS, SPLIT_KEYS, build_data
     from .methods import METHODS
-    from .models import ENCODERS
+    from .models import ENCODERS, MBTModel
 
     cfg = _from_dict(Config, raw, "")
     cfg.data = _named_section("data", cfg.data, DATASETS, reserved=SPLIT_KEYS,
@@ -209,6 +210,12 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         cfg.model.encoders[modality] = _named_section(
             f"model.encoders.{modality}", spec, ENCODERS, name_key="type",
             skip=("input_shape",))
+    if cfg.model.fusion == "mbt":
+        cfg.model.mbt = check_kwargs("model.mbt", cfg.model.mbt, MBTModel,
+                                     skip=("encoders", "num_classes"))
+    elif cfg.model.mbt:
+        raise ConfigError(f"model.mbt: only used with model.fusion: mbt, not "
+                          f"{cfg.model.fusion!r}")
     return cfg
 
 

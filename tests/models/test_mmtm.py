@@ -224,7 +224,7 @@ def test_build_model_mmtm_refuses_other_encoders(encoders, shapes):
 
 
 def test_build_model_lists_mmtm_among_valid_fusions():
-    with pytest.raises(ValueError, match=r"valid fusions: \['concat', 'mmtm', 'sum'\]"):
+    with pytest.raises(ValueError, match=r"valid fusions: \['concat', 'mbt', 'mmtm', 'sum'\]"):
         build_model({"a": RES}, {"a": (1, 8, 8)}, 3, fusion="attn")
     with pytest.raises(ValueError, match="fusion_dim"):
         build_model({"a": RES, "v": RES}, {"a": (1, 8, 8), "v": (1, 8, 8)}, 3, fusion="mmtm",

@@ -9,21 +9,24 @@ from torch import nn
 
 from .fusion import FUSIONS, ConcatFusion, SumFusion
 from .lenet import LeNetEncoder
+from .mbt import MBTModel
 from .mlp import MLPEncoder
 from .mmtm import MMTMModel
 from .multimodal import ModelOutput, MultimodalModel
 from .resnet import ResNet18Encoder
 from .transformer import TransformerEncoder
+from .vit import ViTEncoder
 
 __all__ = ["ModelOutput", "MultimodalModel", "build_model", "ENCODERS", "FUSIONS",
            "MLPEncoder", "ResNet18Encoder", "LeNetEncoder", "TransformerEncoder", "ConcatFusion",
-           "SumFusion", "MMTMModel"]
+           "SumFusion", "MMTMModel", "ViTEncoder", "MBTModel"]
 
 logger = logging.getLogger(__name__)
 
 #: encoder ``type`` in a model spec -> class taking ``input_shape`` plus keyword options.
 ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "resnet18": ResNet18Encoder,
-                                        "lenet": LeNetEncoder, "transformer": TransformerEncoder}
+                                        "lenet": LeNetEncoder, "transformer": TransformerEncoder,
+                                        "vit": ViTEncoder}
 
 
 def _build_encoder(modality: str, spec: Mapping[str, Any], input_shape: tuple[int, ...]
@@ -54,6 +57,7 @@ def build_model(
     fusion: str = "concat",
     fusion_dim: Optional[int] = None,
     unimodal_heads: bool = False,
+    mbt: Optional[Mapping[str, Any]] = None,
 ) -> MultimodalModel:
     """Build a :class:`MultimodalModel` from per-modality encoder specs.
 
@@ -64,9 +68,12 @@ def build_model(
         num_classes: number of classes.
         fusion: a key of :data:`FUSIONS`, or ``"mmtm"``: MMTM mid-fusion between exactly two
             resnet18 encoders with one head per branch (:class:`MMTMModel`; it always has
-            unimodal heads).
+            unimodal heads), or ``"mbt"``: vit streams joined by bottleneck tokens
+            (:class:`MBTModel`; its per-modality heads are its classifier).
         fusion_dim: common size for ``"sum"`` fusion (default: the largest feature size).
         unimodal_heads: give every modality its own linear head as well.
+        mbt: keyword options of :class:`MBTModel` (``bottlenecks``, ``fusion_layer``); only
+            with ``fusion="mbt"``.
 
     Raises:
         ValueError: naming the offending modality, type, key or fusion.
@@ -76,9 +83,17 @@ def build_model(
     if no_spec or no_shape:
         raise ValueError(f"encoders and input_shapes must name the same modalities: "
                          f"no encoder spec for {no_spec}, no input shape for {no_shape}")
-    if fusion not in FUSIONS and fusion != "mmtm":
+    if fusion not in FUSIONS and fusion not in ("mmtm", "mbt"):
         raise ValueError(f"unknown fusion {fusion!r}; valid fusions: "
-                         f"{sorted([*FUSIONS, 'mmtm'])}")
+                         f"{sorted([*FUSIONS, 'mmtm', 'mbt'])}")
+    if mbt and fusion != "mbt":
+        raise ValueError(f"mbt options are only used by 'mbt' fusion, not {fusion!r}")
+    if fusion == "mbt":
+        kinds = {m: spec.get("type") if isinstance(spec, Mapping) else None
+                 for m, spec in encoders.items()}
+        if set(kinds.values()) != {"vit"}:
+            raise ValueError(f"fusion 'mbt' needs vit encoders (one ViT stream per modality); "
+                             f"got {kinds}")
     if fusion == "mmtm":
         kinds = {m: spec.get("type") if isinstance(spec, Mapping) else None
                  for m, spec in encoders.items()}
@@ -92,6 +107,8 @@ def build_model(
     dims = {m: e.out_dim for m, e in encs.items()}
     if fusion == "mmtm":
         model: MultimodalModel = MMTMModel(encs, num_classes)
+    elif fusion == "mbt":
+        model = MBTModel(encs, num_classes, **dict(mbt or {}))
     else:
         fuse = SumFusion(dims, fusion_dim) if fusion == "sum" else FUSIONS[fusion](dims)
         model = MultimodalModel(encs, fuse, num_classes, unimodal_heads=unimodal_heads)

@@ -111,7 +111,8 @@ def build_trainer(cfg: Config, run_dir: Path) -> Trainer:
     method = build_method(cfg)
     data = build_data_for(cfg, method)
     model_kw = {"fusion": cfg.model.fusion, "fusion_dim": cfg.model.fusion_dim,
-                "unimodal_heads": cfg.model.unimodal_heads, **method.model_overrides()}
+                "unimodal_heads": cfg.model.unimodal_heads, "mbt": cfg.model.mbt,
+                **method.model_overrides()}
     missing = sorted(set(data.modalities) - set(cfg.model.encoders))
     if missing:
         raise ConfigError(f"model.encoders: no encoder for modality {missing}; "
