@@ -77,6 +77,18 @@ def agm_coefficients(scores: Mapping[str, float], running: Mapping[str, float],
     return {m: math.exp(alpha * min(opt[m] - ratio[m], cap)) for m in scores}
 
 
+def _head_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The classifier's weights: the fused head's, or with no fused head (MMTM, MBT: the
+    prediction is the mean of the unimodal heads) every unimodal head's; [] if neither."""
+    head = getattr(model, "head", None)
+    if isinstance(head, torch.nn.Linear):
+        return [head.weight]
+    heads = getattr(model, "unimodal_heads", None)
+    if head is None and heads is not None:
+        return [h.weight for h in heads.values()]
+    return []
+
+
 @register_method("agm")
 class AGM(Method):
     """AGM (ICCV 2023): Shapley-split logits whose gradients are scaled by k_m.
@@ -108,7 +120,7 @@ class AGM(Method):
         mods = list(ctx.model.encoders)
         if len(mods) < 2:
             raise ValueError(f"agm needs at least 2 modalities, the model has {mods}")
-        if self.clip and not isinstance(getattr(ctx.model, "head", None), torch.nn.Linear):
+        if self.clip and not _head_weights(ctx.model):
             raise ValueError("agm.clip=True reads the gradient of model.head.weight; the model "
                              "has no linear head (set clip=False)")
         if len(mods) > 4:
@@ -155,8 +167,9 @@ class AGM(Method):
 
     @torch.no_grad()
     def on_before_optimizer_step(self, ctx: FitContext) -> None:
-        g = ctx.model.head.weight.grad if self.clip else None
-        if g is not None and (float(g.max()) > 1.0 or float(g.min()) < -1.0):
+        grads = [w.grad for w in _head_weights(ctx.model) if w.grad is not None] if self.clip \
+            else []
+        if any(float(g.max()) > 1.0 or float(g.min()) < -1.0 for g in grads):
             torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), max_norm=1.0)
             self._n_clipped += 1
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import ModelOutput
+from ..models import ModelOutput, MultimodalModel
 from .base import FitContext, Method, register_method, require_unimodal_heads
 
 __all__ = ["GBlending", "blend_weights", "multibench_weights", "head_logits",
@@ -88,6 +88,8 @@ def branch_parameters(model: nn.Module, head: str) -> list[nn.Parameter]:
     ``fused``, the whole model except the unimodal heads."""
     if head != FUSED:
         return [*model.encoders[head].parameters(), *model.unimodal_heads[head].parameters()]
+    if getattr(model, "head", None) is None:  # the unimodal heads are the fused classifier
+        return list(model.parameters())
     skip = {id(p) for p in model.unimodal_heads.parameters()}
     return [p for p in model.parameters() if id(p) not in skip]
 
@@ -97,6 +99,8 @@ def train_copy(ctx: FitContext, head: str, epochs: int) -> nn.Module:
 
     A unimodal copy runs only encoder ``head`` and its head (the K - 1 other encoders would
     receive no gradient), so it costs one branch's forward and backward, not the whole model's.
+    A model with mid-fusion (its own ``encode``: MMTM, MBT) runs whole, as it is measured:
+    head k's logits there read the other branches, which stay frozen.
 
     Its optimizer is fresh, of the real one's type and settings, and holds only
     :func:`branch_parameters`, so weight decay or momentum cannot move the rest. The global
@@ -109,11 +113,13 @@ def train_copy(ctx: FitContext, head: str, epochs: int) -> nn.Module:
                  if k in ctx.optimizer.defaults}  # lr, momentum, ...: not initial_lr
         optimizer = type(ctx.optimizer)(branch_parameters(model, head), **group)
         model.train()
+        alone = type(model).encode is MultimodalModel.encode  # late fusion: branches separate
         for _ in range(epochs):
             for inputs, y in ctx.train_loader:
                 y = y.to(ctx.device)
-                if head == FUSED:
-                    logits = model({m: x.to(ctx.device) for m, x in inputs.items()}).logits
+                if head == FUSED or not alone:
+                    out = model({m: x.to(ctx.device) for m, x in inputs.items()})
+                    logits = out.logits if head == FUSED else out.unimodal_logits[head]
                 else:  # only branch k runs: the other encoders would get no gradient anyway
                     z = model.encoders[head](inputs[head].to(ctx.device))
                     logits = model.unimodal_heads[head](z)

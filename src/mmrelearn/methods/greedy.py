@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import ModelOutput, MMTMModel
+from ..models import MBTModel, ModelOutput, MMTMModel
 from .base import FitContext, Method, register_method
 
 __all__ = ["Greedy", "learning_speed"]
@@ -74,6 +74,15 @@ class Greedy(Method):
         k = len(ctx.model.encoders)
         if k != 2:
             raise ValueError(f"greedy is defined for two modalities only, the model has {k}")
+        if isinstance(ctx.model, MBTModel):
+            raise ValueError(
+                "greedy is not defined on MBT: it re-balances a branch by replacing the MMTM "
+                "gates applied to it with their running averages, and compares each branch's "
+                "learning speed with that of the cross-modal parameters feeding only it. MBT's "
+                "cross-modal path is one set of bottleneck tokens that every modality's own "
+                "layers read and write: there is no per-modality gate to replace and no "
+                "parameter that feeds one modality without being part of the other's stream. "
+                "Use model.fusion: mmtm with two resnet18 encoders")
         if not isinstance(ctx.model, MMTMModel):
             raise ValueError(f"greedy needs MMTM mid-fusion between the two branches (set "
                              f"model.fusion: mmtm with two resnet18 encoders); got "

@@ -85,6 +85,7 @@ class OGMGE(Method):
         self._k_sum: dict[str, float] = {}
         self._n = 0
         self._use_heads = False  # True: scores from unimodal heads (non-concat fusion)
+        self._own_heads = False  # True: the model's heads ARE its classifier (MMTM, MBT)
 
     def on_fit_start(self, ctx: FitContext) -> None:
         model, mods = ctx.model, list(ctx.model.encoders)
@@ -94,6 +95,10 @@ class OGMGE(Method):
             raise ValueError(f"ogm_ge.rule='release' is the two-modality rule; the model has "
                              f"{len(mods)} modalities: use rule 'min' or 'auto'")
         self._use_heads = getattr(model.fusion, "slices", None) is None
+        # no fused head: the prediction is the mean of the unimodal heads, whose logits are
+        # then the per-modality logits themselves (no probe needed)
+        self._own_heads = (getattr(model, "head", None) is None
+                           and getattr(model, "unimodal_heads", None) is not None)
         if self._use_heads and getattr(model, "unimodal_heads", None) is None:
             raise ValueError(
                 f"ogm_ge needs per-modality logits: split logits exist only for concatenation "
@@ -114,7 +119,9 @@ class OGMGE(Method):
     def loss_terms(self, ctx: FitContext, output: ModelOutput,
                    labels: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = {"ce": F.cross_entropy(output.logits, labels)}
-        if self._use_heads:
+        if self._own_heads:
+            logits = output.unimodal_logits  # m -> (B, C), detached in the scores
+        elif self._use_heads:
             # the unimodal heads are probes trained on detached features: scores only
             heads = ctx.model.unimodal_heads
             logits = {m: heads[m](z.detach()) for m, z in output.features.items()}
