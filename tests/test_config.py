@@ -66,8 +66,8 @@ def test_unknown_registered_names(tiny_raw):
     with pytest.raises(ConfigError, match=r"method\.name: 'magic' is not one of \[.*'dnr'"):
         config_from_dict(tiny_raw)
     tiny_raw["method"] = {"name": "joint"}
-    tiny_raw["model"]["encoders"]["m0"]["type"] = "transformer"
-    with pytest.raises(ConfigError, match=r"model\.encoders\.m0\.type: 'transformer'.*'mlp'"):
+    tiny_raw["model"]["encoders"]["m0"]["type"] = "perceiver"
+    with pytest.raises(ConfigError, match=r"model\.encoders\.m0\.type: 'perceiver'.*'mlp'"):
         config_from_dict(tiny_raw)
     tiny_raw["model"]["encoders"]["m0"]["type"] = "mlp"
     tiny_raw["data"]["name"] = "imagenet"

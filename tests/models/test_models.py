@@ -166,7 +166,7 @@ def test_build_model_three_modalities_sum_fusion():
     assert out.logits.shape == (3, 4)
     assert {m: z.shape[1] for m, z in out.features.items()} == {"a": 4, "v": 32, "s": 16}
     assert set(out.unimodal_logits) == {"a", "v", "s"}
-    assert set(ENCODERS) == {"mlp", "resnet18", "lenet"}
+    assert set(ENCODERS) == {"mlp", "resnet18", "lenet", "transformer", "vit"}
 
 
 def test_build_model_concat_slices_follow_encoders():
