@@ -61,8 +61,19 @@ def test_timing_rows_by_hand():
     assert rows["joint"]["train_ratio"] == 1.0 and rows["dnr"]["train_s"] == 12.0
 
 
-def test_run_comparison_writes_results_json_and_figures(tiny_raw, tmp_path):
-    text = run_comparison(_spec(tiny_raw), tmp_path, seeds=2, progress=False)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished 2-seed comparison (run once for the tests that read it)."""
+    import copy
+
+    from conftest import TINY
+
+    out = tmp_path_factory.mktemp("comparison")
+    return out, run_comparison(_spec(copy.deepcopy(TINY)), out, seeds=2, progress=False)
+
+
+def test_run_comparison_writes_results_json_and_figures(finished):
+    tmp_path, text = finished
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["task"] == "tiny" and res["reference"] == "joint"
     assert res["variants"]["noisy"]["scarce"] and not res["variants"]["clean"]["scarce"]
@@ -84,10 +95,10 @@ def test_run_comparison_writes_results_json_and_figures(tiny_raw, tmp_path):
     assert (tmp_path / "results.md").read_text().strip() == text.strip()
 
 
-def test_results_json_feeds_the_claims(tiny_raw, tmp_path):
+def test_results_json_feeds_the_claims(finished):
     from mmrelearn.claims import evaluate_claims, load_results
 
-    run_comparison(_spec(tiny_raw), tmp_path, seeds=2, progress=False)
+    tmp_path = finished[0]
     results, missing = load_results([tmp_path / "results.json", Path(tmp_path / "none.json")])
     assert len(results) == 1 and len(missing) == 1
     rows = evaluate_claims(results)["rows"]
