@@ -181,3 +181,17 @@ def test_figure_rows():
     assert dnr["mean"] == pytest.approx(4.0) and not math.isnan(dnr["low"])
     points = probe_points(_good(), "clean")
     assert set(points) == {"joint", "dnr"} and len(points["dnr"]["audio"]) == 5
+
+
+def test_overview_table():
+    from mmrelearn.claims import overview_markdown
+
+    text = overview_markdown([_bad()]).splitlines()
+    assert text[0] == "### bad"
+    assert text[2] == "| method | scarce Acc | scarce Δ vs joint [95% CI], verdict |"
+    joint = next(line for line in text if line.startswith("| joint |"))
+    # 70 + BASE + JITTER[0] = 70.1, 70.9, 69.0, 72.05, 67.95: mean 70, sd sqrt(10.225 / 4)
+    assert joint == "| joint | 70.00 ± 1.60 (5) | reference |"
+    dnr = next(line for line in text if line.startswith("| dnr |"))
+    # d = -4 + JITTER[5 % 4] - JITTER[0]: mean -4.0, differences within +-0.2: "worse"
+    assert dnr.startswith("| dnr | 66.00 ± 1.") and "-4.00 [" in dnr and dnr.endswith("worse |")

@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any, Optional, Sequence, Union
 
 from .stats import PairedResult, paired_table
 
 __all__ = ["CLAIMS", "load_results", "evaluate_claims", "claims_markdown", "write_claims",
-           "improvement_rows", "probe_points"]
+           "improvement_rows", "probe_points", "overview_markdown"]
 
 PAPER_METHODS = ("joint", "gblending", "ogm_ge", "greedy", "pmr", "agm", "dnr")
 BALANCERS = ("gblending", "ogm_ge", "greedy", "pmr", "agm")
@@ -229,6 +229,44 @@ def claims_markdown(evaluation: dict[str, list], command: str, alpha: float = 0.
     return "\n".join(lines)
 
 
+def _ms(values: Sequence[float]) -> str:
+    sd = stdev(values) if len(values) > 1 else 0.0
+    return f"{mean(values):.2f} ± {sd:.2f}"
+
+
+def overview_markdown(results: Sequence[dict[str, Any]], alpha: float = 0.05,
+                      level: float = 0.95) -> str:
+    """Per task: every method's test accuracy (mean ± std, seeds) and its paired difference
+    to the reference per variant (interval and verdict); runs of one modality alone listed
+    after the methods."""
+    lines = []
+    for res in results:
+        ref, variants = res["reference"], res["variants"]
+        lines += ["", f"### {res['task']}", "",
+                  "| method | " + " | ".join(f"{v} Acc | {v} Δ vs {ref} [95% CI], verdict"
+                                             for v in variants) + " |",
+                  "|---|" + "---|---|" * len(variants)]
+        methods = [m for m in next(iter(variants.values()))["methods"]]
+        for m in methods:
+            cells = []
+            for var in variants.values():
+                e = var["methods"].get(m)
+                if e is None:
+                    cells += ["-", "-"]
+                    continue
+                acc = f"{_ms(e['test']['acc'])} ({len(e['seeds'])})"
+                if m == ref:
+                    cells += [acc, "reference"]
+                    continue
+                r = paired_table({m: _by_seed(e, "test", "acc"),
+                                  ref: _by_seed(var["methods"][ref], "test", "acc")},
+                                 ref, level)[m]
+                ci = "-" if math.isnan(r.low) else f"[{r.low:+.2f}, {r.high:+.2f}]"
+                cells += [acc, f"{r.mean:+.2f} {ci}, {r.verdict(alpha)}"]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines).lstrip("\n")
+
+
 def _strict(x: Any) -> Any:
     """NaN / inf -> None, recursively, for strict JSON."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -248,7 +286,13 @@ def write_claims(paths: Sequence[Union[str, Path]], out_dir: Union[str, Path], c
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "claims.md", out / "claims.json"
-    md.write_text(claims_markdown(ev, command, alpha, level) + "\n")
+    text = claims_markdown(ev, command, alpha, level)
+    if results:
+        text += ("\n\n## Every method against joint training, per task\n\nTest accuracy (%, "
+                 "mean ± std, number of seeds in brackets) and the paired difference to the "
+                 "reference over each method's seeds (percentage points; `alone_<m>`: joint "
+                 "training on modality m only).\n\n" + overview_markdown(results, alpha, level))
+    md.write_text(text + "\n")
     payload = {"command": command, "alpha": alpha, "level": level, "claims": CLAIMS, **ev}
     js.write_text(json.dumps(_strict(payload), indent=1) + "\n")
     return md, js, missing
