@@ -103,3 +103,17 @@ def test_results_json_feeds_the_claims(finished):
     assert len(results) == 1 and len(missing) == 1
     rows = evaluate_claims(results)["rows"]
     assert {r["claim"] for r in rows} >= {"C1", "C4"}
+
+
+def test_a_run_stored_before_a_new_config_key_is_reused(tiny_raw, tmp_path):
+    import yaml
+
+    spec = {**_spec(tiny_raw), "probe": False, "unimodal": [], "variants": {"clean": []}}
+    spec["methods"] = {"joint": ["method={name: joint}"]}
+    run_comparison(spec, tmp_path, seeds=1, epochs=1, progress=False)
+    stored = tmp_path / "clean" / "joint" / "seed0" / "config.yaml"
+    raw = yaml.safe_load(stored.read_text())
+    del raw["model"]["fusion_dim"]  # as written by a version that did not have this key
+    stored.write_text(yaml.safe_dump(raw, sort_keys=False))
+    text = run_comparison(spec, tmp_path, seeds=1, epochs=1, progress=False)
+    assert "for 0 runs trained now (1 finished runs reused)" in text

@@ -83,7 +83,8 @@ def _run_one(raw: dict, run_dir: Path) -> dict:
     stored = run_dir / "config.yaml"
     if not stored.is_file():
         return train(cfg, run_dir=run_dir)
-    if yaml.safe_load(stored.read_text()) != config_to_dict(cfg):
+    # read back through the config loader, so keys added later with defaults still match
+    if config_to_dict(config_from_dict(yaml.safe_load(stored.read_text()))) != config_to_dict(cfg):
         raise RunExistsError(f"{run_dir} holds a run of another configuration; remove it or "
                              f"choose another output directory")
     if (run_dir / "summary.json").is_file():
@@ -199,7 +200,8 @@ def _variant_report(spec: dict, variant: str, entry: dict, jobs: list[Job], out_
             lines += [f"D&R diagnoses ({method}):", *_trajectory_lines(ds), ""]
     main_groups = {m: ds for m, ds in groups.items() if not m.startswith("alone_")}
     mods = spec["base"]["data"].get("modalities", []) if monitored else []
-    lines += [f"Curves: {plot_groups(main_groups, out_dir / f'{variant}_curves.png', mods)}", ""]
+    fig = plot_groups(main_groups, out_dir / f"{variant}_curves.png", mods)
+    lines += [f"Curves: [{fig.name}]({fig.name})", ""]  # beside results.md
     return lines
 
 
@@ -234,13 +236,13 @@ def _figures(results: dict, out_dir: Path) -> list[str]:
     rows = [r for r in improvement_rows(results) if not r["method"].startswith("alone_")]
     lines = []
     if rows:
-        lines.append(f"Accuracy change over {ref}: "
-                     f"{plot_improvement(rows, out_dir / 'improvement.png')}")
+        fig = plot_improvement(rows, out_dir / "improvement.png")
+        lines.append(f"Accuracy change over {ref} (95% intervals): [{fig.name}]({fig.name})")
     for variant in results["variants"]:
         points = probe_points(results, variant)
         if points and len(next(iter(points.values()))) == 2:
             path = plot_probe_scatter(points, out_dir / f"{variant}_probes.png")
-            lines.append(f"Uni-modal probes ({variant}): {path}")
+            lines.append(f"Uni-modal probes ({variant}): [{path.name}]({path.name})")
     return lines
 
 
@@ -263,8 +265,12 @@ def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
         report += _variant_report(spec, variant, entry, [j for j in jobs if j.variant == variant],
                                   out_dir, reference)
     report += _figures(results, out_dir) + [""]
+    run_s = sum(sum(sum(e["timing"][k]) for k in ("train_s", "eval_s", "method_s"))
+                for var in results["variants"].values() for e in var["methods"].values())
+    report.append(f"Epoch seconds of all {len(jobs)} runs, summed: {run_s:.0f} s (data "
+                  f"building and probes not included).")
     report.append(f"Wall time: {wall:.0f} s for {len(jobs) - reused} runs trained now "
-                  f"({reused} finished runs reused from {out_dir}).")
+                  f"({reused} finished runs reused).")
     text = "\n".join(report)
     atomic_write_text(text + "\n", out_dir / "results.md")
     return text
