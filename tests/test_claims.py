@@ -195,3 +195,13 @@ def test_overview_table():
     dnr = next(line for line in text if line.startswith("| dnr |"))
     # d = -4 + JITTER[5 % 4] - JITTER[0]: mean -4.0, differences within +-0.2: "worse"
     assert dnr.startswith("| dnr | 66.00 ± 1.") and "-4.00 [" in dnr and dnr.endswith("worse |")
+
+
+def test_two_methods_pair_over_their_common_seeds():
+    res = _good()
+    gb = res["variants"]["clean"]["methods"]["gblending"]  # run on 3 of the 5 seeds
+    gb["seeds"], gb["test"]["acc"] = gb["seeds"][:3], gb["test"]["acc"][:3]
+    row = _by(evaluate_claims([res])["rows"], "C5", "good", "clean")
+    assert row["n"] == 3 and row["comparison"] == "dnr_dagger vs gblending"
+    # offsets 5 and 1 with JITTER[7 % 4] and JITTER[1] over seeds 0-2: 4 + (0.1, -0.1, -0.1)
+    assert row["mean"] == pytest.approx(4.0 - 0.1 / 3)

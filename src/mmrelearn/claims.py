@@ -63,8 +63,12 @@ def _paired(ctx: dict[str, Any], a: str, b: str, kind: str = "test", key: str = 
     """``a - b`` on the variant in ``ctx``, paired by seed."""
     ms = ctx["methods"]
     try:
-        per = {a: _by_seed(ms[a], kind, key), b: _by_seed(ms[b], kind, key)}
-        return paired_table(per, b, ctx["level"])[a]
+        va, vb = _by_seed(ms[a], kind, key), _by_seed(ms[b], kind, key)
+        if b != ctx["reference"]:
+            # two methods other than the reference: either may have run on fewer seeds (a
+            # costly one), so they are paired over the seeds both have
+            va = {sd: v for sd, v in va.items() if sd in vb}
+        return paired_table({a: va, b: vb}, b, ctx["level"])[a]
     except ValueError as e:
         raise ValueError(f"{ctx['task']}/{ctx['variant']}: {a} vs {b}, {kind}.{key}: {e}") from None
 
@@ -180,6 +184,7 @@ def evaluate_claims(results: Sequence[dict[str, Any]], alpha: float = 0.05,
                 notes.append(f"C3 skipped on {res['task']}: no variant marked scarce")
             for name, var in variants.items():
                 ctx = {"task": res["task"], "variant": name, "methods": var["methods"],
+                       "reference": res["reference"],
                        "scarce": bool(var.get("scarce")), "alpha": alpha, "level": level}
                 rows += check(ctx, notes)
     return {"rows": rows, "notes": notes}
