@@ -56,13 +56,18 @@ def _image_row(image: torch.Tensor) -> int:
 def data(tmp_path):
     """(FSDD-like root with recordings/, mfeat folder): 3 speakers x 10 digits x 2 takes,
     8 images per class, so every class pairs its 6 clips."""
-    rec = tmp_path / "fsdd" / "recordings"
+    return write_fsdd(tmp_path / "fsdd"), _pix_csv(tmp_path / "mfeat", 8)
+
+
+def write_fsdd(root: Path) -> Path:
+    """``root/recordings`` with one tone per digit, speaker of SPEAKERS and take (< TAKES)."""
+    rec = root / "recordings"
     rec.mkdir(parents=True)
     for d in range(10):
         for s, name in enumerate(SPEAKERS):
             for k in range(TAKES):
                 _tone(rec / f"{d}_{name}_{k}.wav", d, s, k)
-    return tmp_path / "fsdd", _pix_csv(tmp_path / "mfeat", 8)
+    return root
 
 
 def _load(data, **kw):

@@ -13,7 +13,7 @@ from mmrelearn.data.avmnist import (DEFAULT_SNR_DB, ImagePCA, PCAReconstruct, fi
                                     load_avmnist, read_mnist_csv)
 from mmrelearn.data.base import MultimodalDataset
 
-from test_avdigits import SPEAKERS, TAKES, _tone  # tests/data is on the path
+from test_avdigits import write_fsdd  # tests/data is on the path
 
 REAL_FSDD = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "fsdd"
 
@@ -33,13 +33,7 @@ def _mnist_gz(path: Path, per_class: int) -> Path:
 @pytest.fixture
 def data(tmp_path):
     """(FSDD-like root, mnist_5k-like file): 3 speakers x 10 digits x 2 takes, 8 images/class."""
-    rec = tmp_path / "fsdd" / "recordings"
-    rec.mkdir(parents=True)
-    for d in range(10):
-        for s, name in enumerate(SPEAKERS):
-            for k in range(TAKES):
-                _tone(rec / f"{d}_{name}_{k}.wav", d, s, k)
-    return tmp_path / "fsdd", _mnist_gz(tmp_path / "mnist.csv.gz", 8)
+    return write_fsdd(tmp_path / "fsdd"), _mnist_gz(tmp_path / "mnist.csv.gz", 8)
 
 
 def test_read_mnist_csv(data):
