@@ -3,7 +3,7 @@
 Usage: python benchmarks/compare_avdigits.py [--seeds 3] [--epochs N] [--fsdd DIR]
                                              [--out benchmarks/results/compare_avdigits]
 
-Runs each (variant, method, seed) of compare_avdigits.yaml (finished runs in --out are reused,
+Runs each (seed, variant, method) of compare_avdigits.yaml, interleaved seed by seed (finished runs in --out are reused,
 interrupted ones resumed), then prints and writes ``results.md``: test accuracy, macro F1 and
 weighted F1 (mean ± std over seeds, at the epoch selected on validation), each method's time
 relative to joint training, and each modality's linear-probe accuracy on the frozen encoders.
@@ -13,22 +13,17 @@ access (decode: lazy), written to ``throughput.json`` and appended to ``results.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
+from comparison_args import load_spec, parse  # benchmarks/ is on the path
+from mmrelearn.comparison import run_comparison
 from mmrelearn.data import build_data
-from mmrelearn.demo import run_comparison
 from mmrelearn.train.checkpoint import atomic_write_text
-
-HERE = Path(__file__).resolve().parent
-DEFAULT_FSDD = HERE.parent.parent / "shared" / "datasets" / "fsdd"
 
 
 def _throughput(fsdd: Path, audio: str, batch_size: int = 64) -> dict[str, float]:
@@ -51,20 +46,9 @@ def _throughput(fsdd: Path, audio: str, batch_size: int = 64) -> dict[str, float
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--fsdd", default=str(DEFAULT_FSDD),
-                   help="Free Spoken Digit Dataset directory (default ../shared/datasets/fsdd)")
-    p.add_argument("--out", default=str(HERE / "results" / "compare_avdigits"))
-    p.add_argument("--spec", default=str(HERE / "compare_avdigits.yaml"))
-    args = p.parse_args()
-    fsdd = Path(args.fsdd).resolve()
-    if not fsdd.is_dir():
-        sys.exit(f"FSDD directory {fsdd} not found; pass --fsdd DIR (the folder with the "
-                 f"recordings/ WAV files of the Free Spoken Digit Dataset)")
-    spec = yaml.safe_load(Path(args.spec).read_text())
-    spec["base"]["data"]["root"] = str(fsdd)
+    args = parse(__doc__, "compare_avdigits", seeds=3, fsdd=True)
+    spec = load_spec(args)
+    fsdd = Path(spec["base"]["data"]["root"])
     t0 = time.perf_counter()
     text = run_comparison(spec, Path(args.out), seeds=args.seeds, epochs=args.epochs)
     wall = time.perf_counter() - t0
