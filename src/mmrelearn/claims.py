@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 from typing import Any, Optional, Sequence, Union
 
+from .report import mean_std
 from .stats import PairedResult, paired_table
 
 __all__ = ["CLAIMS", "load_results", "evaluate_claims", "claims_markdown", "write_claims",
@@ -234,11 +235,6 @@ def claims_markdown(evaluation: dict[str, list], command: str, alpha: float = 0.
     return "\n".join(lines)
 
 
-def _ms(values: Sequence[float]) -> str:
-    sd = stdev(values) if len(values) > 1 else 0.0
-    return f"{mean(values):.2f} ± {sd:.2f}"
-
-
 def overview_markdown(results: Sequence[dict[str, Any]], alpha: float = 0.05,
                       level: float = 0.95) -> str:
     """Per task: every method's test accuracy (mean ± std, seeds) and its paired difference
@@ -259,7 +255,7 @@ def overview_markdown(results: Sequence[dict[str, Any]], alpha: float = 0.05,
                 if e is None:
                     cells += ["-", "-"]
                     continue
-                acc = f"{_ms(e['test']['acc'])} ({len(e['seeds'])})"
+                acc = f"{mean_std(e['test']['acc'])} ({len(e['seeds'])})"
                 if m == ref:
                     cells += [acc, "reference"]
                     continue

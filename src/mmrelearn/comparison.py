@@ -20,14 +20,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean, median, stdev
+from statistics import mean, median
 from typing import Any, Optional
 
 import yaml
 from tqdm.auto import tqdm
 
 from .config import apply_overrides, config_from_dict, config_to_dict
-from .report import aggregate, markdown_table, paired_markdown
+from .report import aggregate, markdown_table, mean_std, paired_markdown
 from .train import RunExistsError, train
 from .train.checkpoint import atomic_write_text, read_jsonl
 from .train.plots import plot_groups, plot_improvement, plot_probe_scatter
@@ -121,10 +121,6 @@ def collect_results(spec: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
     return out
 
 
-def _ms(values: list[float]) -> str:
-    return f"{mean(values):.2f} ± {stdev(values) if len(values) > 1 else 0.0:.2f}"
-
-
 def timing_rows(methods: dict[str, Any], reference: str = "joint") -> list[dict[str, Any]]:
     """Per method: the median over seeds of its training seconds / the reference's (same seed),
     likewise for the whole epoch loop, and its epoch-end-hook seconds / its training seconds
@@ -174,7 +170,7 @@ def _variant_report(spec: dict, variant: str, entry: dict, jobs: list[Job], out_
                   "mean ± std over seeds):", "",
                   "| method | " + " | ".join(f"{m} probe acc" for m in mods) + " |",
                   "|---|" + "---|" * len(mods)]
-        lines += [f"| {n} | " + " | ".join(_ms(e["probe"][m]) for m in mods) + " |"
+        lines += [f"| {n} | " + " | ".join(mean_std(e["probe"][m]) for m in mods) + " |"
                   for n, e in methods.items() if "probe" in e]
         lines.append("")
     if reference in methods:

@@ -10,10 +10,15 @@ from typing import Any, Optional, Sequence, Union
 
 from .stats import paired_table
 
-__all__ = ["load_summaries", "aggregate", "markdown_table", "paper_table", "paired_rows",
+__all__ = ["mean_std", "load_summaries", "aggregate", "markdown_table", "paper_table", "paired_rows",
            "paired_markdown"]
 
 METRICS = (("acc", "Acc"), ("macro_f1", "Macro F1"), ("weighted_f1", "Weighted F1"))
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """``"mean ± std"`` with two decimals (sample std, n - 1; 0 for a single value)."""
+    return f"{mean(values):.2f} ± {stdev(values) if len(values) > 1 else 0.0:.2f}"
 
 
 def load_summaries(run_dirs: Sequence[Union[str, Path]]) -> list[dict[str, Any]]:

@@ -224,10 +224,10 @@ def build_data(name: str, *, val_fraction: float, test_fraction: float, split_se
     if len(index["train"]) == 0:
         raise ValueError(f"dataset {name!r}: the training split is empty; check "
                          f"val_fraction/test_fraction/split_by")
-    # Standardisation and the builder's own fitted preprocessing (training statistics only)
-    # and noise (seeded per sample) act on the whole
-    # dataset before it is split and before a method's holdout is carved out of training, so
-    # every method sees the very same tensors whatever its holdout.
+    # Standardisation and the builder's fitted preprocessing (both from the training split
+    # only) and noise (seeded per sample) act on the whole dataset before it is split and
+    # before a method's holdout is carved out of training, so every method sees the very same
+    # tensors whatever its holdout.
     if standardize:
         whole = _standardize(whole, index["train"])
     if raw.fit_on_train is not None:
