@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from types import SimpleNamespace
 
@@ -106,6 +107,31 @@ def test_estimate_leaves_the_real_run_untouched(tiny_raw, tmp_path):
     assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in model_before.items())
     assert torch.equal(torch.get_rng_state(), rng) and torch.equal(trainer.gen.get_state(), gen)
     assert not trainer.optimizer.state  # the real optimizer never stepped
+
+
+@pytest.mark.parametrize("optim", [{"name": "adamw", "lr": 0.01, "weight_decay": 0.05},
+                                   {"name": "adam", "lr": 0.01}])
+def test_estimate_copies_take_the_real_optimizer_settings(tiny_raw, tmp_path, optim):
+    # AdamW's param group holds a default its constructor does not take (torch 2.13:
+    # decoupled_weight_decay); the copies must still be built with lr and weight decay
+    raw = _gb_raw(tiny_raw, super_epoch=1)
+    raw["optim"] = optim
+    trainer = build_trainer(config_from_dict(raw), tmp_path)
+    made = []
+    real_init = type(trainer.optimizer).__init__
+
+    @functools.wraps(real_init)  # keeps the signature the copies read
+    def spy(self, params, **kw):
+        made.append(kw)
+        real_init(self, params, **kw)
+
+    trainer.method.on_fit_start(trainer.ctx)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(trainer.optimizer), "__init__", spy)
+        weights = trainer.method.estimate(trainer.ctx)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert len(made) == 3 and all(kw["lr"] == 0.01 for kw in made)
+    assert all(kw["weight_decay"] == optim.get("weight_decay", 0.0) for kw in made)
 
 
 class _SpyLoader:

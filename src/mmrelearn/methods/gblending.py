@@ -8,6 +8,7 @@ super-epoch on a part of the TRAINING split held out for this (``ctx.holdout_loa
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from typing import Any, Iterable, Mapping
 
@@ -109,8 +110,11 @@ def train_copy(ctx: FitContext, head: str, epochs: int) -> nn.Module:
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model = copy.deepcopy(ctx.model)
+        # lr, momentum, ... as the constructor takes them: not initial_lr, nor defaults the
+        # constructor fills itself (AdamW's decoupled_weight_decay)
+        accepted = inspect.signature(type(ctx.optimizer)).parameters
         group = {k: v for k, v in ctx.optimizer.param_groups[0].items()
-                 if k in ctx.optimizer.defaults}  # lr, momentum, ...: not initial_lr
+                 if k in ctx.optimizer.defaults and k in accepted}
         optimizer = type(ctx.optimizer)(branch_parameters(model, head), **group)
         model.train()
         alone = type(model).encode is MultimodalModel.encode  # late fusion: branches separate
