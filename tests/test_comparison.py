@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mmrelearn.comparison import comparison_jobs, run_comparison, timing_rows
+from mmrelearn.comparison import (comparison_jobs, paper_layout_markdown, run_comparison,
+                                  timing_rows)
 
 
 def _spec(tiny_raw):
@@ -59,6 +60,25 @@ def test_timing_rows_by_hand():
     # hook / train: 0.1, 0.0, 0.1 -> median 0.1
     assert rows["dnr"]["hook_over_train"] == pytest.approx(0.1)
     assert rows["joint"]["train_ratio"] == 1.0 and rows["dnr"]["train_s"] == 12.0
+
+
+def test_paper_layout_by_hand():
+    methods = {"joint": {"test": {"acc": [90.0, 92.0], "weighted_f1": [89.0, 89.0],
+                                  "macro_f1": [88.0, 91.0]}}}
+    text = paper_layout_markdown(methods, [["Joint-training", "joint"], ["Greedy", None]],
+                                 note="Greedy: two modalities only")
+    # acc: mean 91, sample std sqrt(2) = 1.41; macro: mean 89.5, std sqrt(4.5) = 2.12
+    assert text.splitlines() == [
+        "| Method | seeds | Acc | Weighted F1 | Macro F1 |", "|---|---|---|---|---|",
+        "| Joint-training | 2 | 91.00 ± 1.41 | 89.00 ± 0.00 | 89.50 ± 2.12 |",
+        "| Greedy | - | / | / | / |", "", "Greedy: two modalities only"]
+
+
+def test_a_paper_layout_naming_no_method_is_refused_before_any_run(tiny_raw, tmp_path):
+    spec = {**_spec(tiny_raw), "paper_layout": [["Joint", "joint"], ["PMR", "pmr"]]}
+    with pytest.raises(ValueError, match=r"paper_layout rows \[\['PMR', 'pmr'\]\]"):
+        comparison_jobs(spec, tmp_path / "out", seeds=1)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

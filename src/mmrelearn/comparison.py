@@ -7,7 +7,10 @@ training on that modality alone, per variant and seed, through the dataset's ``m
 option; a ``data.noise`` on another modality is dropped for it), ``scarce: [variant, ...]`` (variants
 where one modality is scarcely informative, the paper's Table 4 setting), ``method_seeds:
 {method: n}`` (a costly method run on the first n seeds only; it is paired with the
-reference over those), ``task`` and ``reference`` (default ``joint``).
+reference over those), ``task`` and ``reference`` (default ``joint``), and ``paper_layout``: a
+list of ``[label, method]`` rows (``method`` null for one that does not apply, shown as "/")
+for a first table in the paper's layout (Acc, Weighted F1, Macro F1, mean ± std), with
+``paper_note`` printed under it.
 
 Runs go seed by seed, and within a seed every variant and method in turn, so load drift on a
 shared machine hits every method alike; timing ratios are medians over seeds of per-seed ratios.
@@ -32,7 +35,8 @@ from .train import RunExistsError, train
 from .train.checkpoint import atomic_write_text, read_jsonl
 from .train.plots import plot_groups, plot_improvement, plot_probe_scatter
 
-__all__ = ["Job", "comparison_jobs", "run_comparison", "collect_results", "timing_rows"]
+__all__ = ["Job", "comparison_jobs", "run_comparison", "collect_results", "timing_rows",
+           "paper_layout_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,12 @@ def comparison_jobs(spec: dict[str, Any], out_dir: Path, seeds: int,
     if unknown:
         raise ValueError(f"method_seeds names {unknown}, which are not among the methods "
                          f"{sorted(methods)}")
+    bad = [row for row in spec.get("paper_layout", [])
+           if not (isinstance(row, (list, tuple)) and len(row) == 2
+                   and (row[1] is None or row[1] in methods))]
+    if bad:
+        raise ValueError(f"paper_layout rows {bad} are not [label, method] pairs with method "
+                         f"null or one of {sorted(methods)}")
     jobs = []
     for seed in range(seeds):
         for variant, var_over in spec["variants"].items():
@@ -144,6 +154,24 @@ def timing_rows(methods: dict[str, Any], reference: str = "joint") -> list[dict[
     return rows
 
 
+def paper_layout_markdown(methods: dict[str, Any], layout: list, note: str = "") -> str:
+    """The paper's table layout: one row per ``[label, method]`` of ``layout`` with test Acc,
+    Weighted F1 and Macro F1 (mean ± std over seeds, with the seed count); "/" where
+    ``method`` is null (the method does not apply to this setting)."""
+    lines = ["| Method | seeds | Acc | Weighted F1 | Macro F1 |", "|---|---|---|---|---|"]
+    for label, name in layout:
+        if name is None:
+            lines.append(f"| {label} | - | / | / | / |")
+            continue
+        if name not in methods:
+            raise ValueError(f"paper_layout row {label!r} names method {name!r}, which is not "
+                             f"among the comparison's methods {sorted(methods)}")
+        t = methods[name]["test"]
+        lines.append(f"| {label} | {len(t['acc'])} | {mean_std(t['acc'])} | "
+                     f"{mean_std(t['weighted_f1'])} | {mean_std(t['macro_f1'])} |")
+    return "\n".join(lines + ([f"\n{note}"] if note else []))
+
+
 def _variant_report(spec: dict, variant: str, entry: dict, jobs: list[Job], out_dir: Path,
                     reference: str) -> list[str]:
     summaries = [json.loads((j.run_dir / "summary.json").read_text()) for j in jobs]
@@ -152,6 +180,11 @@ def _variant_report(spec: dict, variant: str, entry: dict, jobs: list[Job], out_
     lines = [f"## {variant}: {entry['description']}", "",
              "Test metrics (%) at the epoch selected on validation, mean ± std over seeds:", "",
              markdown_table(aggregate(summaries)), ""]
+    if spec.get("paper_layout"):
+        lines[2:2] = ["In the paper's layout (test %, mean ± std over seeds):", "",
+                      paper_layout_markdown(methods, spec["paper_layout"],
+                                            spec.get("paper_note", "")), "",
+                      "All runs:", ""]
     if reference in methods and len(methods) > 1:
         lines += [f"Paired by seed against {reference} (test accuracy, percentage points; 95% "
                   f"t interval over seeds; paired t-test):", "",
