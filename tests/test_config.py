@@ -115,3 +115,15 @@ def test_check_type_optional_and_nested():
         check_type([1, "x"], list[int], "k")
     with pytest.raises(ConfigError, match="k: expected int"):
         check_type(True, int, "k")
+
+
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-3 as the string "1e-3"; a float key accepts it as 0.001
+    from mmrelearn.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ndata: {name: synthetic}\nmodel: {encoders: {m0: {type: mlp}, "
+                    "m1: {type: mlp}}}\nmethod: {name: dnr, lam: 5e0}\noptim: {lr: 1e-3}\n")
+    cfg = load_config(path, ["optim.weight_decay=2E-4"])
+    assert cfg.optim.lr == 0.001 and cfg.optim.weight_decay == 0.0002
+    assert cfg.method["lam"] == 5.0

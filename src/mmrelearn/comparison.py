@@ -36,7 +36,7 @@ from .train.checkpoint import atomic_write_text, read_jsonl
 from .train.plots import plot_groups, plot_improvement, plot_probe_scatter
 
 __all__ = ["Job", "comparison_jobs", "run_comparison", "collect_results", "timing_rows",
-           "paper_layout_markdown"]
+           "paper_layout_markdown", "run_or_reuse"]
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,32 @@ def comparison_jobs(spec: dict[str, Any], out_dir: Path, seeds: int,
     return jobs
 
 
-def _run_one(raw: dict, run_dir: Path) -> dict:
+def _without_device(raw: dict) -> dict:
+    """A stored config for comparison: ``train.device`` says where a run ran, not what it is."""
+    raw = dict(raw)
+    raw["train"] = {k: v for k, v in raw.get("train", {}).items() if k != "device"}
+    return raw
+
+
+def run_or_reuse(raw: dict, run_dir: Path) -> dict:
+    """Train the run of config ``raw`` in ``run_dir``: start it, resume it if interrupted, or
+    return its summary if finished; a directory holding another config is refused.
+
+    Configs are compared through the config loader (so keys added later with their defaults
+    still match), ignoring ``train.device``.
+    """
     cfg = config_from_dict(raw)
     stored = run_dir / "config.yaml"
     if not stored.is_file():
         return train(cfg, run_dir=run_dir)
-    # read back through the config loader, so keys added later with defaults still match
-    if config_to_dict(config_from_dict(yaml.safe_load(stored.read_text()))) != config_to_dict(cfg):
+    old = config_to_dict(config_from_dict(yaml.safe_load(stored.read_text())))
+    if _without_device(old) != _without_device(config_to_dict(cfg)):
         raise RunExistsError(f"{run_dir} holds a run of another configuration; remove it or "
                              f"choose another output directory")
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
     return train(run_dir=run_dir, resume=True)  # interrupted earlier: continue it
+
 
 
 def collect_results(spec: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
@@ -284,7 +298,7 @@ def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
     reused = sum((j.run_dir / "summary.json").is_file() for j in jobs)
     t0 = time.perf_counter()
     for job in tqdm(jobs, desc="runs", disable=not progress):
-        _run_one(job.raw, job.run_dir)
+        run_or_reuse(job.raw, job.run_dir)
     wall = time.perf_counter() - t0
     results = collect_results(spec, jobs)
     atomic_write_text(json.dumps(results, indent=1) + "\n", out_dir / "results.json")

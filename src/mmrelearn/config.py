@@ -9,6 +9,7 @@ import collections.abc
 import copy
 import dataclasses
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,6 +83,10 @@ class Config:
 
 # ---------------------------------------------------------------- type checking
 
+#: a number in scientific notation without a dot (``1e-3``), which YAML 1.1 reads as a string
+SCIENTIFIC = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
+
+
 def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Union or origin is types.UnionType:  # Optional[X] -> "X or null"
@@ -124,6 +129,8 @@ def check_type(value: Any, hint: Any, key: str) -> Any:
         return {k: check_type(v, vt, f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if hint is bool or hint is int:
         if type(value) is not hint:  # bool is an int subclass: reject True for an int
             raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
