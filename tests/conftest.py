@@ -63,7 +63,7 @@ def resume_check(monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             train(config_from_dict(raw), run_dir=tmp_path / "cut")
         monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", original)
-        at_crash = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=False)
+        at_crash = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)
         assert at_crash["epoch"] == crash_epoch - 1
         assert not (tmp_path / "cut/summary.json").exists()
         resumed = train(run_dir=tmp_path / "cut", resume=True)
@@ -73,7 +73,7 @@ def resume_check(monkeypatch):
         assert _strip_time(rf) == _strip_time(rc)
         assert read_jsonl(tmp_path / "full/reports.jsonl") == read_jsonl(
             tmp_path / "cut/reports.jsonl")
-        wf, wc = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=False)
+        wf, wc = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=True)
                   for d in ("full", "cut"))
         assert wf["model"].keys() == wc["model"].keys()
         assert all(torch.equal(wf["model"][k], wc["model"][k]) for k in wf["model"])

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from .config import ConfigError, load_config
 
 log = logging.getLogger("mmrelearn")
@@ -37,6 +35,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import build_trainer, evaluate, load_run_config
+    from .train.checkpoint import load_checkpoint
 
     run_dir = Path(args.run_dir)
     cfg = load_run_config(run_dir)
@@ -44,7 +43,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ckpt = run_dir / "checkpoints" / f"{args.checkpoint}.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt} does not exist")
-    state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
+    state = load_checkpoint(ckpt, map_location=trainer.device)  # weights_only=True
     trainer.model.load_state_dict(state["model"])
     out = {"checkpoint": str(ckpt), "epoch": state["epoch"]}
     for split in ("val", "test"):

@@ -100,7 +100,7 @@ def probe_run(run_dir: Union[str, Path], checkpoint: str = "best") -> dict[str, 
     run's seed.
     """
     from .train import build_trainer, load_run_config
-    from .train.checkpoint import atomic_write_text
+    from .train.checkpoint import atomic_write_text, load_checkpoint
 
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
@@ -114,7 +114,7 @@ def probe_run(run_dir: Union[str, Path], checkpoint: str = "best") -> dict[str, 
             return stored["modalities"]
     cfg = load_run_config(run_dir)
     trainer = build_trainer(cfg, run_dir)
-    state = torch.load(ckpt, map_location=trainer.device, weights_only=False)
+    state = load_checkpoint(ckpt, map_location=trainer.device)  # weights_only=True
     trainer.model.load_state_dict(state["model"])
     out = probe_trainer(trainer, cfg.seed)
     atomic_write_text(json.dumps({"checkpoint": stamp, "modalities": out}, indent=2) + "\n",

@@ -19,6 +19,7 @@ from ..relearn import measure_purities, model_features
 from .checkpoint import (
     append_jsonl,
     atomic_save,
+    load_checkpoint,
     rng_state,
     set_rng_state,
     truncate_jsonl,
@@ -98,7 +99,7 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: {path} does not exist (no epoch finished)")
         # CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path, map_location="cpu")  # weights_only: never runs code
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
@@ -200,7 +201,7 @@ class Trainer:
         return self._final_numbers()
 
     def _final_numbers(self) -> dict[str, Any]:
-        best = torch.load(self.ckpt_dir / "best.pt", map_location=self.device, weights_only=False)
+        best = load_checkpoint(self.ckpt_dir / "best.pt", map_location=self.device)
         last_state = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(best["model"])
         out = {"best_epoch": best["epoch"], "select_metric": self.cfg.select_metric,
