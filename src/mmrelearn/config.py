@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections.abc
 import copy
 import dataclasses
+import importlib.util
 import inspect
 import re
 import types
@@ -64,6 +65,10 @@ class TrainConfig:
     monitor_purity: bool = False  # per-epoch train/val purity of every modality
     monitor_max_samples: Optional[int] = None
     monitor_n_init: int = 1  # k-means restarts of the purity monitor
+    monitor_test_purity: bool = False  # + test purity per modality: curves only (Fig. 4c/d)
+    # extra loggers beside metrics.jsonl (always written): csv, tensorboard
+    loggers: list[Literal["jsonl", "csv", "tensorboard"]] = field(
+        default_factory=lambda: ["jsonl"])
     deterministic: bool = True
     num_workers: int = 0
 
@@ -223,7 +228,17 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     elif cfg.model.mbt:
         raise ConfigError(f"model.mbt: only used with model.fusion: mbt, not "
                           f"{cfg.model.fusion!r}")
+    _check_monitoring(cfg.train)
     return cfg
+
+
+def _check_monitoring(t: TrainConfig) -> None:
+    if t.monitor_test_purity and not t.monitor_purity:
+        raise ConfigError("train.monitor_test_purity: needs train.monitor_purity: true")
+    # checked here, before a run directory is written, not when the first epoch ends
+    if "tensorboard" in t.loggers and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.loggers: 'tensorboard' needs the tensorboard package; "
+                          "pip install 'mmrelearn[tensorboard]' (or drop it from the list)")
 
 
 def _named_section(section: str, raw: Mapping[str, Any], registry: Mapping[str, Callable],

@@ -13,9 +13,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..diagnose import purity_gap
+from ..diagnose import cluster_purity, purity_gap
 from ..methods.base import FitContext, Method
-from ..relearn import measure_purities, model_features
+from ..relearn import extract_features, measure_purities, model_features
 from .checkpoint import (
     append_jsonl,
     atomic_save,
@@ -24,6 +24,7 @@ from .checkpoint import (
     set_rng_state,
     truncate_jsonl,
 )
+from .loggers import RunLoggers
 from .metrics import classification_metrics
 
 __all__ = ["Trainer", "NonFiniteLossError", "evaluate"]
@@ -156,8 +157,16 @@ class Trainer:
             self.model.encoders, model_features(self.model, self.device),
             self.loaders["diag_train"], self.loaders["val"], self.num_classes, self.device,
             n_init=self.cfg.monitor_n_init, max_samples=self.cfg.monitor_max_samples)
-        return {m: {"train": p_tr, "val": p_va, "gap": purity_gap(p_tr, p_va)}
-                for m, (p_tr, p_va) in purities.items()}
+        out = {m: {"train": p_tr, "val": p_va, "gap": purity_gap(p_tr, p_va)}
+               for m, (p_tr, p_va) in purities.items()}
+        if self.cfg.monitor_test_purity:  # curves only (Fig. 4c/d): nothing reads it back
+            feats, y = extract_features(
+                self.model.encoders, model_features(self.model, self.device),
+                self.loaders["test"], self.device, max_samples=self.cfg.monitor_max_samples)
+            for m, f in feats.items():
+                out[m]["test"] = cluster_purity(f, y, self.num_classes,
+                                                n_init=self.cfg.monitor_n_init)
+        return out
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -165,6 +174,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         self.method.on_fit_start(ctx)
         select = cfg.select_metric.removeprefix("val_")
+        loggers = RunLoggers(cfg.loggers, self.run_dir, self.start_epoch)  # csv, tensorboard
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             ctx.epoch = epoch
@@ -194,9 +204,11 @@ class Trainer:
                 append_jsonl({"epoch": epoch, **report}, self.run_dir / "reports.jsonl")
                 record["report"] = report
             append_jsonl(record, self.run_dir / "metrics.jsonl")
+            loggers.log(record)
             self._save_last(epoch)
             log.info("epoch %d: loss %.4f val acc %.4f", epoch, record["train"]["total"],
                      record["val"]["acc"])
+        loggers.close()
         self.method.on_fit_end(ctx)
         return self._final_numbers()
 
