@@ -1,4 +1,5 @@
-"""Command line: ``mmrelearn train | eval | prepare | compare | sweep | demo`` (thin layer over the library)."""
+"""Command line: ``mmrelearn train | eval | prepare | compare | sweep | demo | tsne | plot``
+(thin layer over the library)."""
 from __future__ import annotations
 
 import argparse
@@ -119,6 +120,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tsne(args: argparse.Namespace) -> int:
+    from .analysis import tsne_figure
+
+    print(tsne_figure(args.run_dirs, args.out, split=args.split, checkpoint=args.checkpoint,
+                      max_samples=args.max_samples or None, seed=args.seed))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .analysis import purity_figure
+
+    print(purity_figure(args.run_dirs, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmrelearn", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
@@ -183,6 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.set_defaults(func=_cmd_demo)
+
+    ts = sub.add_parser("tsne", help="t-SNE of each modality's encoder features, coloured by "
+                                     "class, runs side by side (the paper's Fig. 3)")
+    ts.add_argument("run_dirs", nargs="+")
+    ts.add_argument("--split", choices=["train", "val", "test"], default="val",
+                    help="features of this split (default val; test only to look at)")
+    ts.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    ts.add_argument("--max-samples", type=int, default=1000,
+                    help="seeded random subset of at most this many samples (0: all)")
+    ts.add_argument("--seed", type=int, default=0, help="seed of the subset and of t-SNE")
+    ts.add_argument("--out", help="PNG file (default RUN_DIR/tsne_<split>.png for one run)")
+    ts.set_defaults(func=_cmd_tsne)
+
+    pl = sub.add_parser("plot", help="purity gap, test accuracy and test purity over epochs, "
+                                     "runs grouped by method (the paper's Fig. 4)")
+    pl.add_argument("run_dirs", nargs="+")
+    pl.add_argument("--out", help="PNG file (default RUN_DIR/purity.png for one run)")
+    pl.set_defaults(func=_cmd_plot)
     return p
 
 
