@@ -326,5 +326,9 @@ def test_constructor_errors():
         DiagnoseRelearn(encoders, C, train, val, momentum="clear")
     with pytest.raises(ValueError, match="strength must be one of .* got 'cosine'"):
         DiagnoseRelearn(encoders, C, train, val, strength="cosine")
-    with pytest.raises(ValueError, match="scale must be 'minmax' or 'none', got 'zscore'"):
+    with pytest.raises(ValueError, match=r"scale must be one of \['minmax', 'none'\], got 'zscore'"):
         DiagnoseRelearn(encoders, C, train, val, scale="zscore")
+    with pytest.raises(ValueError, match="lam must be a number >= 0, got -1"):
+        DiagnoseRelearn(encoders, C, train, val, lam=-1)
+    with pytest.raises(ValueError, match="n_init must be an int >= 1, got 0"):
+        DiagnoseRelearn(encoders, C, train, val, n_init=0)

@@ -15,13 +15,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Optional, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
 
 __all__ = ["Config", "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig",
            "ConfigError", "load_config", "config_from_dict", "apply_overrides", "config_to_dict",
-           "check_kwargs"]
+           "check_kwargs", "check_number", "check_choice"]
 
 
 class ConfigError(ValueError):
@@ -169,6 +169,72 @@ def check_kwargs(section: str, kwargs: Mapping[str, Any], target: Callable,
     return out
 
 
+def _range_text(low: Optional[float], high: Optional[float], low_open: bool,
+                high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low}"
+    return "" if high is None else f" {'<' if high_open else '<='} {high}"
+
+
+def check_number(key: str, value: Any, *, low: Optional[float] = None,
+                 high: Optional[float] = None, low_open: bool = False, high_open: bool = False,
+                 integer: bool = False, null: bool = False) -> None:
+    """Raise ConfigError ``"<key> must be an int >= 1, got 0"`` unless ``value`` is a number (an
+    int if ``integer``; never a bool or NaN) within the bounds; ``null`` also accepts None."""
+    if null and value is None:
+        return
+    ok = (isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+          and value == value)  # NaN != NaN
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        what = ("an int" if integer else "a number") + _range_text(low, high, low_open, high_open)
+        raise ConfigError(f"{key} must be {what}{' or null' if null else ''}, got {value!r}")
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise ConfigError ``"<key> must be one of [...], got 'x'"`` unless ``value`` is one."""
+    if not any(value == c and type(value) is type(c) for c in choices):  # True == 1: no
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+
+
+#: value ranges of the fixed sections (types are checked first): key -> check_number options
+_RANGES: dict[str, dict[str, Any]] = {
+    "seed": dict(low=0, high=2**32 - 1, integer=True),  # NumPy's seed range
+    "train.epochs": dict(low=1, integer=True),
+    "train.batch_size": dict(low=1, integer=True),
+    "train.eval_batch_size": dict(low=1, integer=True),
+    "train.monitor_max_samples": dict(low=1, integer=True, null=True),
+    "train.monitor_n_init": dict(low=1, integer=True),
+    "train.num_workers": dict(low=0, integer=True),
+    "optim.lr": dict(low=0, low_open=True),
+    "optim.momentum": dict(low=0, high=1),
+    "optim.weight_decay": dict(low=0),
+    "schedule.step_size": dict(low=1, integer=True),
+    "schedule.gamma": dict(low=0, low_open=True),
+    "schedule.min_lr": dict(low=0),
+    "model.fusion_dim": dict(low=1, integer=True, null=True),
+}
+
+
+def _check_values(cfg: Config) -> None:
+    """Ranges and choices of the fixed sections, before anything is built or written."""
+    from .models import FUSIONS
+
+    for key, bounds in _RANGES.items():
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        check_number(key, obj, **bounds)
+    check_choice("optim.name", cfg.optim.name, ("sgd", "adam", "adamw"))
+    check_choice("schedule.name", cfg.schedule.name, ("none", "step", "cosine"))
+    check_choice("model.fusion", cfg.model.fusion, (*FUSIONS, "mmtm", "mbt"))
+
+
 def _from_dict(cls: type, raw: Any, path: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {raw!r}")
@@ -215,6 +281,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     from .models import ENCODERS, MBTModel
 
     cfg = _from_dict(Config, raw, "")
+    _check_values(cfg)
     cfg.data = _named_section("data", cfg.data, DATASETS, reserved=SPLIT_KEYS,
                               reserved_by=build_data)
     cfg.method = _named_section("method", cfg.method, METHODS)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from .config import check_choice, check_number
 from .diagnose import STRENGTH_FUNCTIONS, cluster_purity, purity_gap, reinit_strength
 
 __all__ = [
@@ -25,11 +26,32 @@ __all__ = [
     "extract_features",
     "measure_purities",
     "model_features",
+    "check_relearn_options",
 ]
 
 log = logging.getLogger(__name__)
 
 BUFFER_MODES = ("keep", "interpolate")
+
+
+def check_relearn_options(where: str, *, lam: float, every: int, max_times: Optional[int],
+                          strength: Union[str, Callable[[float], float]], n_init: int,
+                          kmeans_seed: int, scale: str, max_samples: Optional[int],
+                          buffers: str, momentum: str, sample_seed: int = 0) -> None:
+    """Check D&R's options (ranges, not only types); the error (a ValueError) names
+    ``where + key``, e.g. ``"method.lam must be a number >= 0, got -1"``."""
+    check_number(f"{where}lam", lam, low=0)  # Eq. 5: lambda >= 0 (0 never re-initialises)
+    check_number(f"{where}every", every, low=1, integer=True)
+    check_number(f"{where}max_times", max_times, low=0, integer=True, null=True)
+    if not callable(strength):
+        check_choice(f"{where}strength", strength, sorted(STRENGTH_FUNCTIONS))
+    check_number(f"{where}n_init", n_init, low=1, integer=True)
+    for key, seed in (("kmeans_seed", kmeans_seed), ("sample_seed", sample_seed)):
+        check_number(f"{where}{key}", seed, low=0, high=2**32 - 1, integer=True)
+    check_choice(f"{where}scale", scale, ("minmax", "none"))
+    check_number(f"{where}max_samples", max_samples, low=1, integer=True, null=True)
+    check_choice(f"{where}buffers", buffers, BUFFER_MODES)
+    check_choice(f"{where}momentum", momentum, ("keep", "reset"))
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -245,22 +267,15 @@ class DiagnoseRelearn:
         init_states: Optional[Mapping[str, Mapping[str, torch.Tensor]]] = None,
         device: Optional[torch.device] = None,
     ) -> None:
-        if every < 1:
-            raise ValueError(f"DiagnoseRelearn: every (H) must be >= 1, got {every}")
+        # checked here, not at the first diagnosis H epochs into a run
+        check_relearn_options("DiagnoseRelearn: ", lam=lam, every=every, max_times=max_times,
+                              strength=strength, n_init=n_init, kmeans_seed=kmeans_seed,
+                              scale=scale, max_samples=max_samples, buffers=buffers,
+                              momentum=momentum, sample_seed=sample_seed)
         if len(encoders) < 1:
             raise ValueError("DiagnoseRelearn needs at least one encoder")
-        if momentum not in ("keep", "reset"):
-            raise ValueError(f"DiagnoseRelearn: momentum must be 'keep' or 'reset', got {momentum!r}")
         if momentum == "reset" and optimizer is None:
             raise ValueError("DiagnoseRelearn: momentum='reset' needs the optimizer")
-        if buffers not in BUFFER_MODES:
-            raise ValueError(f"DiagnoseRelearn: buffers must be one of {BUFFER_MODES}, got {buffers!r}")
-        # checked here, not at the first diagnosis H epochs into a run
-        if isinstance(strength, str) and strength not in STRENGTH_FUNCTIONS:
-            raise ValueError(f"DiagnoseRelearn: strength must be one of "
-                             f"{sorted(STRENGTH_FUNCTIONS)} or a callable, got {strength!r}")
-        if scale not in ("minmax", "none"):
-            raise ValueError(f"DiagnoseRelearn: scale must be 'minmax' or 'none', got {scale!r}")
         self.encoders = dict(encoders)
         self.num_classes = num_classes
         self.train_loader, self.val_loader = train_loader, val_loader

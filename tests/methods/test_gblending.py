@@ -57,7 +57,7 @@ def test_defaults_and_form_validation():
     method = GBlending()
     assert (method.holdout_fraction, method.super_epoch, method.estimate_first, method.form) == (
         0.08, 20, True, "paper")
-    with pytest.raises(ValueError, match="form must be 'paper' or 'multibench'"):
+    with pytest.raises(ValueError, match=r"method.form must be one of \['paper', 'multibench'\]"):
         GBlending(form="delta")
 
 

@@ -243,7 +243,7 @@ def test_refuses_a_model_without_mmtm(images, tiny_raw, tmp_path):
     images["model"]["fusion"] = "concat"  # two ResNets, but late fusion
     with pytest.raises(ValueError, match="model.fusion: mmtm"):
         build_trainer(config_from_dict(images), tmp_path / "b").fit()
-    with pytest.raises(ValueError, match="rebalance_steps >= 1"):
+    with pytest.raises(ValueError, match="method.rebalance_steps must be an int >= 1"):
         Greedy(rebalance_steps=0)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..config import check_choice, check_number
 from ..models import ModelOutput
 from .base import FitContext, Method, register_method
 
@@ -107,6 +108,10 @@ class AGM(Method):
 
     def __init__(self, alpha: float = 1.5, modulation_starts: int = 0,
                  modulation_ends: int = 10**9, clip: bool = True) -> None:
+        check_number("method.alpha", alpha, low=0)
+        check_number("method.modulation_starts", modulation_starts, low=0, integer=True)
+        check_number("method.modulation_ends", modulation_ends, low=0, integer=True)
+        check_choice("method.clip", clip, (True, False))
         self.alpha, self.clip = alpha, clip
         self.starts, self.ends = modulation_starts, modulation_ends
         self.running: dict[str, float] = {}  # S_m

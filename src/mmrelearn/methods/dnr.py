@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..relearn import DiagnoseRelearn, model_features
+from ..relearn import DiagnoseRelearn, check_relearn_options, model_features
 from .base import FitContext, Method, register_method
 
 
@@ -46,6 +46,7 @@ class DnR(Method):
         self.options = dict(lam=lam, every=every, max_times=max_times, strength=strength,
                             n_init=n_init, kmeans_seed=kmeans_seed, scale=scale,
                             max_samples=max_samples, buffers=buffers, momentum=momentum)
+        check_relearn_options("method.", **self.options)  # now, not H epochs into the run
         self.dr: Optional[DiagnoseRelearn] = None
         self._pending_state: Optional[Mapping[str, Any]] = None
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import check_choice, check_number
 from ..models import ModelOutput, MultimodalModel
 from .base import FitContext, Method, register_method, require_unimodal_heads
 
@@ -163,12 +164,10 @@ class GBlending(Method):
 
     def __init__(self, holdout: float = 0.08, super_epoch: int = 20,
                  estimate_first: bool = True, form: str = "paper") -> None:
-        if not 0.0 < holdout < 1.0:
-            raise ValueError(f"gblending.holdout must lie in (0, 1), got {holdout}")
-        if super_epoch < 1:
-            raise ValueError(f"gblending.super_epoch must be >= 1, got {super_epoch}")
-        if form not in ("paper", "multibench"):
-            raise ValueError(f"gblending.form must be 'paper' or 'multibench', got {form!r}")
+        check_number("method.holdout", holdout, low=0, high=1, low_open=True, high_open=True)
+        check_number("method.super_epoch", super_epoch, low=1, integer=True)
+        check_choice("method.estimate_first", estimate_first, (True, False))
+        check_choice("method.form", form, ("paper", "multibench"))
         self.holdout_fraction = holdout  # read by the trainer before the data are built
         self.super_epoch, self.estimate_first, self.form = super_epoch, estimate_first, form
         self.weights: dict[str, float] = {}

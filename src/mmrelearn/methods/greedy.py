@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import check_choice, check_number
 from ..models import MBTModel, ModelOutput, MMTMModel
 from .base import FitContext, Method, register_method
 
@@ -55,9 +56,12 @@ class Greedy(Method):
 
     def __init__(self, epsilon: float = 0.01, rebalance_steps: int = 5, start_epoch: int = 1,
                  accumulate_while_rebalancing: bool = False, head_in_main: bool = True) -> None:
-        if epsilon < 0 or rebalance_steps < 1 or start_epoch < 0:
-            raise ValueError(f"greedy: need epsilon >= 0, rebalance_steps >= 1 and "
-                             f"start_epoch >= 0, got {epsilon}, {rebalance_steps}, {start_epoch}")
+        check_number("method.epsilon", epsilon, low=0)
+        check_number("method.rebalance_steps", rebalance_steps, low=1, integer=True)
+        check_number("method.start_epoch", start_epoch, low=0, integer=True)
+        for key, flag in (("accumulate_while_rebalancing", accumulate_while_rebalancing),
+                          ("head_in_main", head_in_main)):
+            check_choice(f"method.{key}", flag, (True, False))
         self.epsilon, self.rebalance_steps = epsilon, rebalance_steps
         self.start_epoch, self.head_in_main = start_epoch, head_in_main
         self.accumulate_while_rebalancing = accumulate_while_rebalancing

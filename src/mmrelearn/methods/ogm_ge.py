@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
+from ..config import check_choice, check_number
 from ..models import ModelOutput
 from .base import FitContext, Method, register_method, true_class_scores
 
@@ -72,10 +73,13 @@ class OGMGE(Method):
     def __init__(self, alpha: float = 0.8, ge: bool = True, modulation_starts: int = 0,
                  modulation_ends: int = 50, conv_only: bool = True, rule: str = "auto",
                  seed: int = 0) -> None:
-        if rule not in ("auto", "release", "min"):
-            raise ValueError(f"ogm_ge.rule must be 'auto', 'release' or 'min', got {rule!r}")
-        if alpha < 0:
-            raise ValueError(f"ogm_ge.alpha must be >= 0, got {alpha}")
+        check_number("method.alpha", alpha, low=0)
+        for key, flag in (("ge", ge), ("conv_only", conv_only)):
+            check_choice(f"method.{key}", flag, (True, False))
+        check_number("method.modulation_starts", modulation_starts, low=0, integer=True)
+        check_number("method.modulation_ends", modulation_ends, low=0, integer=True)
+        check_choice("method.rule", rule, ("auto", "release", "min"))
+        check_number("method.seed", seed, low=0, high=2**64 - 1, integer=True)  # torch's range
         self.alpha, self.ge, self.conv_only, self.rule, self.seed = alpha, ge, conv_only, rule, seed
         self.starts, self.ends = modulation_starts, modulation_ends
         self.gen: Optional[torch.Generator] = None

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
+from ..config import check_choice, check_number
 from ..models import ModelOutput
 from .base import FitContext, Method, register_method, true_class_scores
 
@@ -83,12 +84,14 @@ class PMR(Method):
                  modulation_starts: int = 0, modulation_ends: int = 10**9,
                  form: str = "release", entropy_epochs: int = 0,
                  entropy_weight: float = 1e-3) -> None:
-        if form not in ("release", "paper"):
-            raise ValueError(f"pmr.form must be 'release' or 'paper', got {form!r}")
-        if not 0.0 < proto_fraction <= 1.0:
-            raise ValueError(f"pmr.proto_fraction must lie in (0, 1], got {proto_fraction}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"pmr.momentum must lie in [0, 1], got {momentum}")
+        check_number("method.alpha", alpha, low=0)
+        check_number("method.momentum", momentum, low=0, high=1)
+        check_number("method.proto_fraction", proto_fraction, low=0, high=1, low_open=True)
+        check_number("method.modulation_starts", modulation_starts, low=0, integer=True)
+        check_number("method.modulation_ends", modulation_ends, low=0, integer=True)
+        check_choice("method.form", form, ("release", "paper"))
+        check_number("method.entropy_epochs", entropy_epochs, low=0, integer=True)
+        check_number("method.entropy_weight", entropy_weight, low=0)
         self.alpha, self.momentum, self.proto_fraction = alpha, momentum, proto_fraction
         self.starts, self.ends = modulation_starts, modulation_ends
         self.form, self.entropy_epochs, self.entropy_weight = form, entropy_epochs, entropy_weight

@@ -15,7 +15,7 @@ from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..data import DataBundle, build_data
 from ..methods import METHODS, Method
 from ..models import build_model
-from .checkpoint import atomic_write_text, read_jsonl
+from .checkpoint import atomic_write_text, read_jsonl, remove_temporaries, truncate_jsonl
 from .loop import Trainer, seed_everything
 from .plots import plot_run
 
@@ -32,7 +32,11 @@ class RunExistsError(FileExistsError):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"train.device: {name!r} is not auto, cpu, cuda or cuda:N "
+                          f"({err})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} asked for, but CUDA is not available")
     return dev
@@ -133,13 +137,37 @@ def load_run_config(run_dir: Union[str, Path]) -> Config:
     return config_from_dict(yaml.safe_load(path.read_text()))
 
 
+def _has_finished_epoch(run_dir: Path) -> bool:
+    """A checkpoint, or at least one complete line in metrics.jsonl."""
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return True
+    metrics = run_dir / "metrics.jsonl"
+    text = metrics.read_text() if metrics.is_file() else ""
+    return bool(text[:text.rfind("\n") + 1].strip())  # a line cut by a kill does not count
+
+
+def _start_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Create the run directory and its config.yaml (called once everything is built)."""
+    if (run_dir / "config.yaml").exists():
+        log.warning("%s holds a config.yaml but no finished epoch (a start that stopped "
+                    "early): replacing it with the new run", run_dir)
+        for name in ("metrics.jsonl", "reports.jsonl", "checkpoints/best.pt"):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
+                      run_dir / "config.yaml")
+
+
 def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] = None,
           resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a training run; returns the summary also written to summary.json.
 
     A new run goes to ``run_dir`` (default ``output_dir/name/seed{seed}``), which must not hold a
-    run already. ``resume=True`` continues the run in ``run_dir`` from its last checkpoint
-    using the config stored there; a finished run is returned unchanged.
+    run with a finished epoch already (one holding a config but no finished epoch is
+    replaced). The directory is created only once data, model and method have been built, so
+    a bad config value leaves nothing behind. ``resume=True`` continues the run in ``run_dir``
+    from its last checkpoint using the config stored there (from scratch when no epoch
+    finished); a finished run is returned unchanged.
     """
     if resume:
         run_dir = Path(run_dir)
@@ -149,15 +177,19 @@ def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] =
             return json.loads((run_dir / "summary.json").read_text())
     else:
         run_dir = Path(run_dir or Path(cfg.output_dir) / cfg.name / f"seed{cfg.seed}")
-        if (run_dir / "config.yaml").exists():
+        if (run_dir / "config.yaml").exists() and _has_finished_epoch(run_dir):
             raise RunExistsError(f"{run_dir} already holds a run; resume it with "
                                  f"--resume {run_dir}, or set another name/output_dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
-                          run_dir / "config.yaml")
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir)  # every bad value raises here: nothing written yet
+    if not resume:
+        _start_run_dir(cfg, run_dir)
+    for folder in (run_dir, run_dir / "checkpoints"):
+        remove_temporaries(folder)  # left by a process killed inside an atomic write
     if resume and (run_dir / "checkpoints" / "last.pt").is_file():
         trainer.resume()
+    elif resume:  # no epoch finished: start over, dropping lines of the epoch that stopped
+        for name in ("metrics.jsonl", "reports.jsonl"):
+            truncate_jsonl(run_dir / name, -1)
     t0 = time.perf_counter()
     numbers = trainer.fit()
     summary = _summary(cfg, run_dir, numbers, time.perf_counter() - t0)
