@@ -295,9 +295,10 @@ def plot_sweep(results: dict[str, Any], path: Path, baseline: Optional[str]) -> 
 
 def run_sweep(base: dict[str, Any], grid: dict[str, list[Any]], seeds: Sequence[int],
               out_dir: Path, jobs: int = 1, baseline: Optional[str] = "joint",
-              progress: bool = True) -> str:
-    """Train the sweep (see the module docstring), write sweep.md / .json / .png into
-    ``out_dir`` and return the markdown report."""
+              progress: bool = True, report: str = "sweep") -> str:
+    """Train the sweep (see the module docstring), write ``<report>.md`` / ``.json`` / ``.png``
+    into ``out_dir`` and return the markdown report. Two sweeps of one config may share
+    ``out_dir`` under different ``report`` names: they then share the baseline runs."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if not seeds:
@@ -308,8 +309,8 @@ def run_sweep(base: dict[str, Any], grid: dict[str, list[Any]], seeds: Sequence[
     trained = _execute(runs, jobs, progress)
     wall = time.perf_counter() - t0
     results = _collect(runs, grid)
-    atomic_write_text(json.dumps(results, indent=1) + "\n", out_dir / "sweep.json")
-    fig = plot_sweep(results, out_dir / "sweep.png", baseline)
+    atomic_write_text(json.dumps(results, indent=1) + "\n", out_dir / f"{report}.json")
+    fig = plot_sweep(results, out_dir / f"{report}.png", baseline)
     text = "\n".join([
         f"# Sweep of {', '.join(grid)} ({len(seeds)} seeds: {', '.join(map(str, seeds))})", "",
         "Test accuracy (%) at the epoch selected on validation, mean ± std over seeds"
@@ -318,5 +319,5 @@ def run_sweep(base: dict[str, Any], grid: dict[str, list[Any]], seeds: Sequence[
         _markdown(results, baseline), "", f"Figure: [{fig.name}]({fig.name})", "",
         f"{len(runs)} runs, {trained} trained now with {jobs} job(s) in {wall:.0f} s "
         f"({len(runs) - trained} finished runs reused)."])
-    atomic_write_text(text + "\n", out_dir / "sweep.md")
+    atomic_write_text(text + "\n", out_dir / f"{report}.md")
     return text
