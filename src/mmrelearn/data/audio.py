@@ -262,7 +262,7 @@ def spectrogram_config(spec: Union[str, Mapping[str, Any], SpectrogramConfig, No
     options = dict(spec)
     name = options.pop("preset", None) or default
     if name not in SPECTROGRAM_PRESETS:
-        raise ValueError(f"unknown spectrogram preset {name!r}; valid presets: "
+        raise ValueError(f"audio: unknown spectrogram preset {name!r}; valid presets: "
                          f"{sorted(SPECTROGRAM_PRESETS)}")
     valid = [f.name for f in fields(SpectrogramConfig)]
     unknown = sorted(set(options) - set(valid))

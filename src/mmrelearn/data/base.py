@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..config import ConfigError, check_number
 from .lazy import LazyMultimodalDataset
 from .splits import split_indices, stratified_split
 from .transforms import apply_noise
@@ -185,6 +186,16 @@ def _whole(raw: RawData, name: str) -> MultimodalDataset | LazyMultimodalDataset
     return whole
 
 
+def _check_split_keys(val_fraction: float, test_fraction: float, split_seed: int) -> None:
+    """Before any file is read: the fractions and the seed of the split."""
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        check_number(f"data.{key}", value, low=0, high=1, high_open=True)
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1 (these fractions "
+                          f"leave the rest to train), got {val_fraction} + {test_fraction}")
+    check_number("data.split_seed", split_seed, low=0, high=2**63 - 1, integer=True)
+
+
 def build_data(name: str, *, val_fraction: float, test_fraction: float, split_seed: int,
                holdout_fraction: float = 0.0, split_by: Literal["class", "group"] = "class",
                test_groups: Optional[Sequence[str]] = None,
@@ -215,6 +226,7 @@ def build_data(name: str, *, val_fraction: float, test_fraction: float, split_se
     """
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    _check_split_keys(val_fraction, test_fraction, split_seed)
     raw = _call_builder(name, seed, options)
     whole = _whole(raw, name)
     index = split_indices(raw.labels, val_fraction=val_fraction, test_fraction=test_fraction,

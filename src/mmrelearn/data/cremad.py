@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from .audio import SpectrogramConfig, spectrogram_config
 from .base import RawData, register_dataset
-from .media import ClipSource, cached_clips_data, check_clip_options
+from .media import ClipSource, cached_clips_data, check_clip_options, check_paths
 from .prepare import (PrepareReport, cache_complete, clip_settings, open_cache, prepare_clips,
                       register_preparer)
 
@@ -133,6 +133,7 @@ def load_cremad(cache: str, raw: Optional[str] = None,
     noise = check_clip_options("cremad", frames=frames, image_size=image_size,
                                on_error=on_error, progress=progress, modalities=modalities,
                                audio_noise=audio_noise, normalize=normalize)
+    check_paths("cremad", raw=raw)
     cfg = spectrogram_config(audio, default="crema_d")
     settings = clip_settings("cremad", frames, image_size, cfg, classes=list(EMOTIONS))
     if raw is not None and not cache_complete(cache):

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from .audio import SpectrogramConfig, spectrogram_config
 from .base import RawData, register_dataset
-from .media import ClipSource, cached_clips_data, check_clip_options, read_pairs
+from .media import ClipSource, cached_clips_data, check_clip_options, check_paths, read_pairs
 from .prepare import (PrepareReport, cache_complete, clip_settings, open_cache, prepare_clips,
                       register_preparer)
 
@@ -141,6 +141,7 @@ def load_kinetics_sounds(cache: str, raw: Optional[str] = None, list_file: Optio
     noise = check_clip_options(_NAME, frames=frames, image_size=image_size, on_error=on_error,
                                progress=progress, modalities=modalities,
                                audio_noise=audio_noise, normalize=normalize)
+    check_paths(_NAME, raw=raw, list_file=list_file)  # the official lists are read below
     cfg = spectrogram_config(audio, default=_NAME)
     names = _check_classes(classes)
     if raw is not None and not cache_complete(cache):

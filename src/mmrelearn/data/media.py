@@ -224,6 +224,15 @@ def official_split(records: Sequence[Mapping[str, Any]], dropped: set[str],
     return parts
 
 
+def check_paths(dataset: str, **paths: Optional[str]) -> None:
+    """FileNotFoundError naming the option when a given (not None) path does not exist: a typo
+    in ``raw`` must not pass because the cache happens to be complete."""
+    for key, path in paths.items():
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{dataset} {key}: {path} does not exist (set it to null "
+                                    f"if the prepared cache is all you have)")
+
+
 def check_clip_options(dataset: str, *, frames: int, image_size: int, on_error: str,
                        progress: bool, modalities: Sequence[str] = CLIP_MODALITIES,
                        audio_noise: Optional[Mapping[str, Any]] = None,

@@ -102,7 +102,8 @@ def read_affect_pickle(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"affect pickle {path} not found; expected MultiBench's file "
+        raise FileNotFoundError(f"affect pickle path {path} not found; expected MultiBench's "
+                                f"file "
                                 f"(e.g. mosi_data.pkl, mosei_senti_data.pkl)")
     try:
         with path.open("rb") as fh:

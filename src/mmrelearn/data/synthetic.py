@@ -26,8 +26,9 @@ def _check(num_samples: int, num_classes: int, dims: list[int], separations: lis
         if len(values) != len(dims):
             raise ValueError(f"synthetic.{key}: {len(values)} values for {len(dims)} modalities "
                              f"(dims={dims}); give one per modality")
-    if any(s < 0 for s in noise_std):
-        raise ValueError(f"synthetic.noise_std: expected non-negative values, got {noise_std}")
+    for key, values in (("separations", separations), ("noise_std", noise_std)):
+        if any(not s >= 0 for s in values):  # a distance and a standard deviation; no NaN
+            raise ValueError(f"synthetic.{key}: expected non-negative values, got {values}")
 
 
 @register_dataset("synthetic")

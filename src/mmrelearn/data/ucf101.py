@@ -332,6 +332,9 @@ def load_ucf101(root: str, rgb_dir: str = "jpegs_256", flow_dir: str = "tvl1_flo
     _check(split, modalities, {"frames": frames, "image_size": image_size, "flow_stack":
                                flow_stack, "max_per_class": max_per_class}, flow_channels,
            on_error)
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"ucf101 root {root} is not a directory; expected the folder "
+                                f"holding {list_dir}/ (and the frame folders)")
     lists = Path(root) / list_dir
     classes, parts = _read_lists(lists, split)
     dirs = _open_dirs(Path(root), rgb_dir, flow_dir, modalities)
