@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Union
@@ -141,13 +142,15 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[s
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"{path} holds objects that cannot be loaded safely (torch.load with "
-            f"weights_only=True refused: {first}); it was not opened. If you wrote it yourself "
-            f"with an older mmrelearn (NumPy RNG state as an array), convert it once: python -c "
-            f"\"from mmrelearn.train.checkpoint import convert_checkpoint; "
-            f"convert_checkpoint('{path}')\"") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        name = found[1] if found else "objects beyond tensors and plain values"
+        hint = ("; if it is a checkpoint you wrote yourself with an older mmrelearn (NumPy RNG "
+                "state as an array), convert it once with: python -c \"from "
+                "mmrelearn.train.checkpoint import convert_checkpoint; "
+                f"convert_checkpoint('{path}')\"" if name.startswith("numpy") else "")
+        raise ValueError(f"{path} holds objects that cannot be loaded safely ({name}); it was "
+                         f"not loaded: checkpoints are read with torch.load(weights_only=True), "
+                         f"which accepts tensors and plain values only{hint}") from None
     except (RuntimeError, EOFError, OSError) as err:  # not a zip / torch file, truncated
         raise ValueError(f"{path} is not a readable torch checkpoint ({err})") from None
 
