@@ -46,10 +46,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{ckpt} does not exist")
     state = load_checkpoint(ckpt, map_location=trainer.device)  # weights_only=True
     trainer.model.load_state_dict(state["model"])
+    if "method" in state:  # a method predicting with state of its own (best.pt keeps it)
+        trainer.method.load_state_dict(state["method"])
     out = {"checkpoint": str(ckpt), "epoch": state["epoch"]}
     for split in ("val", "test"):
         out[split] = evaluate(trainer.model, trainer.loaders[split], trainer.device,
-                              trainer.num_classes)
+                              trainer.num_classes, trainer.method.predict)
     if args.probe:
         from .probe import probe_trainer
 

@@ -26,12 +26,11 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any, Optional
 
-import yaml
 from tqdm.auto import tqdm
 
-from .config import apply_overrides, config_from_dict, config_to_dict
+from .config import apply_overrides
 from .report import aggregate, markdown_table, mean_std, paired_markdown
-from .train import RunExistsError, train
+from .train.run import run_or_reuse
 from .train.checkpoint import atomic_write_text, read_jsonl
 from .train.plots import plot_groups, plot_improvement, plot_probe_scatter
 
@@ -86,34 +85,6 @@ def comparison_jobs(spec: dict[str, Any], out_dir: Path, seeds: int,
                 jobs.append(Job(seed, variant, method, out_dir / variant / method / f"seed{seed}",
                                 raw))
     return jobs
-
-
-def _without_device(raw: dict) -> dict:
-    """A stored config for comparison: ``train.device`` says where a run ran, not what it is."""
-    raw = dict(raw)
-    raw["train"] = {k: v for k, v in raw.get("train", {}).items() if k != "device"}
-    return raw
-
-
-def run_or_reuse(raw: dict, run_dir: Path) -> dict:
-    """Train the run of config ``raw`` in ``run_dir``: start it, resume it if interrupted, or
-    return its summary if finished; a directory holding another config is refused.
-
-    Configs are compared through the config loader (so keys added later with their defaults
-    still match), ignoring ``train.device``.
-    """
-    cfg = config_from_dict(raw)
-    stored = run_dir / "config.yaml"
-    if not stored.is_file():
-        return train(cfg, run_dir=run_dir)
-    old = config_to_dict(config_from_dict(yaml.safe_load(stored.read_text())))
-    if _without_device(old) != _without_device(config_to_dict(cfg)):
-        raise RunExistsError(f"{run_dir} holds a run of another configuration; remove it or "
-                             f"choose another output directory")
-    if (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    return train(run_dir=run_dir, resume=True)  # interrupted earlier: continue it
-
 
 
 def collect_results(spec: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:

@@ -152,7 +152,7 @@ def _worker(raw: dict, run_dir: str, threads: int, device: Optional[str]) -> dic
     """Train (or reuse, or resume) one run in this process; returns its summary."""
     import torch
 
-    from .comparison import run_or_reuse
+    from .train.run import run_or_reuse
 
     torch.set_num_threads(threads)
     if device is not None:
@@ -167,7 +167,7 @@ def _execute(runs: list[SweepRun], jobs: int, progress: bool) -> int:
     todo = [r for r in runs if not (r.run_dir / "summary.json").is_file()]
     bar = tqdm(total=len(todo), desc="sweep runs", disable=not progress)
     if jobs == 1:
-        from .comparison import run_or_reuse
+        from .train.run import run_or_reuse
 
         for r in todo:
             run_or_reuse(r.raw, r.run_dir)

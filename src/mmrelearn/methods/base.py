@@ -2,20 +2,27 @@
 
 The trainer runs fixed stages and calls the method at each (order per epoch)::
 
+    prerequisites             # runs trained first (e.g. uni-modal teachers), in ctx.extras
     on_fit_start
     for each epoch:
         on_train_epoch_start
+        train_loader          # this epoch's training batches (None: the usual loader)
         for each batch:
-            forward -> loss_terms -> backward -> on_before_optimizer_step -> step
+            training_step     # default: forward -> loss_terms -> backward
+                              #          -> on_before_optimizer_step -> optimizer step
             on_train_batch_end
-        (validation / test evaluation, best-epoch selection)
+        (validation / test evaluation through predict, best-epoch selection)
         on_train_epoch_end        # may return a report (D&R's diagnosis)
     on_fit_end
 
-Methods to come map onto it: OGM-GE and AGM edit gradients in ``on_before_optimizer_step``;
-PMR adds a loss term and refreshes prototypes in ``on_train_epoch_start``; G-Blending
-re-estimates blend weights at super-epoch starts from ``ctx.holdout_loader``; AGM and
-Greedy replace ``forward``; D&R acts in ``on_train_epoch_end``.
+OGM-GE and AGM edit gradients in ``on_before_optimizer_step``; PMR adds a loss term and
+refreshes prototypes in ``on_train_epoch_start``; G-Blending re-estimates blend weights at
+super-epoch starts from ``ctx.holdout_loader``; AGM and Greedy replace ``forward``; D&R acts in
+``on_train_epoch_end``. A method that needs several passes or optimizer steps per batch
+overrides ``training_step``; one that predicts otherwise than with the fused logits overrides
+``predict``; one whose data change per epoch returns a loader from ``train_loader``; one that
+needs each sample's index sets ``wants_sample_index`` (the index is then ``ctx.batch_index``).
+An empty dict of loss terms means no backward and no step for that batch.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from torch import nn
 from ..models import ModelOutput
 
 __all__ = ["FitContext", "Method", "METHODS", "register_method", "require_unimodal_heads",
-           "true_class_scores"]
+           "true_class_scores", "NonFiniteLossError", "check_finite"]
 
 Batch = tuple[Mapping[str, torch.Tensor], torch.Tensor]
 
@@ -48,8 +55,21 @@ class FitContext:
     val_loader: Iterable
     holdout_loader: Optional[Iterable] = None  # part of TRAINING held out for a method
     epoch: int = 0
-    step: int = 0  # optimizer steps taken so far, over the whole run
-    extras: dict[str, Any] = field(default_factory=dict)
+    step: int = 0  # training batches stepped so far, over the whole run
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. "prerequisites": name -> dir
+    batch_index: Optional[torch.Tensor] = None  # sample indices of the batch (if wanted)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def check_finite(ctx: FitContext, terms: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`NonFiniteLossError` naming every term if their sum is not finite."""
+    if terms and not torch.isfinite(sum(t.detach() for t in terms.values())):
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        raise NonFiniteLossError(f"non-finite training loss at epoch {ctx.epoch}, step "
+                                 f"{ctx.step}: {values}")
 
 
 class Method:
@@ -58,9 +78,18 @@ class Method:
     name: str = "base"
     #: fraction of the training split a method needs held out (e.g. G-Blending's V).
     holdout_fraction: float = 0.0
+    #: training batches carry each sample's index in the training split (``ctx.batch_index``)
+    wants_sample_index: bool = False
 
     def model_overrides(self) -> dict[str, Any]:
         """Model options the method needs (e.g. ``{"unimodal_heads": True}``)."""
+        return {}
+
+    def prerequisites(self) -> dict[str, dict[str, Any]]:
+        """Runs to train before this one: name -> a partial raw config merged into this run's
+        (e.g. ``{"data": {"modalities": ["audio"]}, "method": {"name": "joint"}}``). The
+        runner trains each in ``RUN_DIR/prerequisites/<name>`` (reused when finished, resumed
+        when interrupted) and puts the directories in ``ctx.extras["prerequisites"]``."""
         return {}
 
     def on_fit_start(self, ctx: FitContext) -> None:
@@ -68,6 +97,31 @@ class Method:
 
     def on_train_epoch_start(self, ctx: FitContext) -> None:
         """Called before the first batch of each epoch."""
+
+    def train_loader(self, ctx: FitContext) -> Optional[Iterable]:
+        """After ``on_train_epoch_start``: the loader of this epoch's training batches, or None
+        for ``ctx.train_loader`` (e.g. a training set resampled every epoch)."""
+        return None
+
+    def training_step(self, ctx: FitContext, inputs: Mapping[str, torch.Tensor],
+                      labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training batch: forward, loss terms, backward, ``on_before_optimizer_step``
+        and the optimizer step. Returns the loss terms (logged); ``{}`` when the batch took
+        no step. Override it to own several passes or optimizer steps per batch."""
+        output = self.forward(ctx, inputs)
+        terms = self.loss_terms(ctx, output, labels)
+        if not terms:
+            return {}
+        check_finite(ctx, terms)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+        self.on_before_optimizer_step(ctx)
+        ctx.optimizer.step()
+        return terms
+
+    def predict(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The (B, C) logits every evaluation scores (validation, test, selection)."""
+        return model(inputs).logits
 
     def forward(self, ctx: FitContext, inputs: Mapping[str, torch.Tensor]) -> ModelOutput:
         """The training forward pass; methods with masked or extra passes override it."""

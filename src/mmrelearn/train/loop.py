@@ -1,11 +1,12 @@
 """The one training loop: methods act only through the hooks of ``methods/base.py``."""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..diagnose import cluster_purity, purity_gap
-from ..methods.base import FitContext, Method
+from ..methods.base import FitContext, Method, NonFiniteLossError, check_finite
 from ..relearn import extract_features, measure_purities, model_features
 from .checkpoint import (
     append_jsonl,
@@ -32,24 +33,30 @@ __all__ = ["Trainer", "NonFiniteLossError", "evaluate"]
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
-
-
 def _to(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {m: x.to(device, non_blocking=True) for m, x in inputs.items()}
 
 
+def _fused_logits(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return model(inputs).logits
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
-             num_classes: int) -> dict[str, float]:
-    """Loss, accuracy, macro F1 and weighted F1 of ``model`` over ``loader`` (eval mode)."""
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
+             predict: Optional[Callable[[nn.Module, Mapping[str, torch.Tensor]],
+                                        torch.Tensor]] = None) -> dict[str, float]:
+    """Loss, accuracy, macro F1 and weighted F1 of ``model`` over ``loader`` (eval mode).
+
+    ``predict(model, inputs) -> logits`` defaults to the fused logits; a method's
+    :meth:`~mmrelearn.methods.base.Method.predict` goes here.
+    """
+    predict = predict or _fused_logits
     was_training = model.training
     model.eval()
     preds, labels, loss_sum = [], [], 0.0
     for inputs, y in loader:
         y = y.to(device)
-        logits = model(_to(inputs, device)).logits
+        logits = predict(model, _to(inputs, device))
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         preds.append(logits.argmax(1).cpu())
         labels.append(y.cpu())
@@ -83,6 +90,7 @@ class Trainer:
             holdout_loader=loaders.get("holdout"))
         self.start_epoch = 0
         self.best: dict[str, Any] = {"epoch": -1, "score": -math.inf}
+        self._epoch_loader: Iterable = loaders["train"]
 
     # ------------------------------------------------------------ checkpoints
     def _save_last(self, epoch: int) -> None:
@@ -117,26 +125,25 @@ class Trainer:
 
     # ------------------------------------------------------------ one epoch
     def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over this epoch's loader (the method's :meth:`train_loader`, or train)."""
+        loader = self._epoch_loader
         self.model.train()
         sums: dict[str, float] = {}
         n_batches = 0
-        bar = tqdm(self.loaders["train"], desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    leave=False, disable=not self.cfg.progress, dynamic_ncols=True)
-        for inputs, labels in bar:
-            inputs, labels = _to(inputs, self.device), labels.to(self.device)
-            output = self.method.forward(self.ctx, inputs)
-            terms = self.method.loss_terms(self.ctx, output, labels)
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                values = {k: float(v.detach()) for k, v in terms.items()}
+        for batch in bar:
+            inputs, labels = _to(batch[0], self.device), batch[1].to(self.device)
+            self.ctx.batch_index = batch[2] if self.method.wants_sample_index else None
+            try:
+                terms = self.method.training_step(self.ctx, inputs, labels)
+                check_finite(self.ctx, terms)  # also for a training_step of the method's own
+            except NonFiniteLossError as err:
                 raise NonFiniteLossError(
-                    f"non-finite training loss at epoch {epoch}, step {self.ctx.step}: {values}; "
-                    f"the run stops here, {self.ckpt_dir / 'last.pt'} holds the last good epoch "
-                    f"(lower optim.lr or check the inputs)")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.method.on_before_optimizer_step(self.ctx)
-            self.optimizer.step()
+                    f"{err}; the run stops here, {self.ckpt_dir / 'last.pt'} holds the last "
+                    f"good epoch (lower optim.lr or check the inputs)") from None
+            if not terms:  # the method took no step on this batch
+                continue
             self.ctx.step += 1
             floats = {k: float(v.detach()) for k, v in terms.items()}
             self.method.on_train_batch_end(self.ctx, floats)
@@ -145,11 +152,20 @@ class Trainer:
             n_batches += 1
             if self.cfg.progress:
                 bar.set_postfix(loss=f"{sum(floats.values()):.4f}")  # no extra device sync
+        self.ctx.batch_index = None
         if self.scheduler is not None:
             self.scheduler.step()
         means = {k: v / max(n_batches, 1) for k, v in sums.items()}
         means["total"] = sum(means.values())
         return means
+
+    def _evaluate(self, split: str) -> dict[str, float]:
+        return evaluate(self.model, self.loaders[split], self.device, self.num_classes,
+                        self.method.predict)
+
+    def _predict_uses_state(self) -> bool:
+        """The method predicts with its own rule, so the best checkpoint keeps its state."""
+        return type(self.method).predict is not Method.predict
 
     def _monitor_purity(self) -> dict[str, dict[str, float]]:
         """Every modality's train/val purity and gap now (logging only; changes nothing)."""
@@ -179,19 +195,21 @@ class Trainer:
             t0 = time.perf_counter()
             ctx.epoch = epoch
             self.method.on_train_epoch_start(ctx)
+            self._epoch_loader = self.method.train_loader(ctx) or self.loaders["train"]
             record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
             record["train"] = self._train_epoch(epoch)
             t1 = time.perf_counter()
-            record["val"] = evaluate(self.model, self.loaders["val"], self.device, self.num_classes)
+            record["val"] = self._evaluate("val")
             if cfg.log_test_every_epoch:  # logged for curves; never read for selection
-                record["test"] = evaluate(self.model, self.loaders["test"], self.device,
-                                          self.num_classes)
+                record["test"] = self._evaluate("test")
             if cfg.monitor_purity:
                 record["purity"] = self._monitor_purity()
             if record["val"][select] > self.best["score"]:
                 self.best = {"epoch": epoch, "score": record["val"][select]}
-                atomic_save({"epoch": epoch, "model": self.model.state_dict()},
-                            self.ckpt_dir / "best.pt")
+                best = {"epoch": epoch, "model": self.model.state_dict()}
+                if self._predict_uses_state():
+                    best["method"] = self.method.state_dict()
+                atomic_save(best, self.ckpt_dir / "best.pt")
             t2 = time.perf_counter()
             report = self.method.on_train_epoch_end(ctx)
             t3 = time.perf_counter()
@@ -215,16 +233,18 @@ class Trainer:
     def _final_numbers(self) -> dict[str, Any]:
         best = load_checkpoint(self.ckpt_dir / "best.pt", map_location=self.device)
         last_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        last_method = copy.deepcopy(self.method.state_dict()) if "method" in best else None
         self.model.load_state_dict(best["model"])
+        if last_method is not None:
+            self.method.load_state_dict(best["method"])
         out = {"best_epoch": best["epoch"], "select_metric": self.cfg.select_metric,
                # the training split in eval mode: the train/val gap of the selected epoch
-               "train": evaluate(self.model, self.loaders["diag_train"], self.device,
-                                 self.num_classes),
-               "val": evaluate(self.model, self.loaders["val"], self.device, self.num_classes),
-               "test": evaluate(self.model, self.loaders["test"], self.device, self.num_classes)}
+               "train": self._evaluate("diag_train"), "val": self._evaluate("val"),
+               "test": self._evaluate("test")}
         self.model.load_state_dict(last_state)
-        out["test_last_epoch"] = evaluate(self.model, self.loaders["test"], self.device,
-                                          self.num_classes)
+        if last_method is not None:
+            self.method.load_state_dict(last_method)
+        out["test_last_epoch"] = self._evaluate("test")
         return out
 
 

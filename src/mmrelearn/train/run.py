@@ -1,26 +1,28 @@
 """Assemble a run from a :class:`~mmrelearn.config.Config` and execute it in a run directory."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..data import DataBundle, build_data
 from ..methods import METHODS, Method
 from ..models import build_model
-from .checkpoint import atomic_write_text, read_jsonl, remove_temporaries, truncate_jsonl
+from .checkpoint import (atomic_write_text, read_jsonl, remove_temporaries, rng_state,
+                         set_rng_state, truncate_jsonl)
 from .loop import Trainer, seed_everything
 from .plots import plot_run
 
 __all__ = ["build_method", "build_data_for", "build_trainer", "train", "load_run_config",
-           "RunExistsError"]
+           "RunExistsError", "run_or_reuse", "prerequisite_configs", "WithIndex"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,22 @@ def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _loaders(cfg: Config, data: DataBundle, gen: torch.Generator) -> dict[str, DataLoader]:
+class WithIndex(Dataset):
+    """A dataset whose items also carry their index: ``(inputs, label, index)``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        inputs, y = self.dataset[i]
+        return inputs, y, i
+
+
+def _loaders(cfg: Config, data: DataBundle, gen: torch.Generator,
+             with_index: bool = False) -> dict[str, DataLoader]:
     t = cfg.train
     kw: dict = dict(num_workers=t.num_workers)
     if t.num_workers > 0:
@@ -98,7 +115,9 @@ def _loaders(cfg: Config, data: DataBundle, gen: torch.Generator) -> dict[str, D
         return DataLoader(dataset, batch_size=t.eval_batch_size, generator=own, **kw)
 
     loaders = {
-        "train": DataLoader(data.train, batch_size=t.batch_size, shuffle=True, generator=gen, **kw),
+        # a method may ask for each sample's index (methods/base.py: wants_sample_index)
+        "train": DataLoader(WithIndex(data.train) if with_index else data.train,
+                            batch_size=t.batch_size, shuffle=True, generator=gen, **kw),
         "diag_train": fixed_order(data.train),
         "val": fixed_order(data.val),
         "test": fixed_order(data.test),
@@ -126,7 +145,8 @@ def build_trainer(cfg: Config, run_dir: Path) -> Trainer:
     model = build_model(encoders, data.input_shapes, data.num_classes, **model_kw).to(device)
     optimizer = _optimizer(cfg, model.parameters())
     gen = torch.Generator().manual_seed(cfg.seed)
-    return Trainer(model, method, optimizer, _scheduler(cfg, optimizer), _loaders(cfg, data, gen),
+    loaders = _loaders(cfg, data, gen, with_index=method.wants_sample_index)
+    return Trainer(model, method, optimizer, _scheduler(cfg, optimizer), loaders,
                    data.num_classes, cfg.train, run_dir, device, gen)
 
 
@@ -181,6 +201,9 @@ def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] =
             raise RunExistsError(f"{run_dir} already holds a run; resume it with "
                                  f"--resume {run_dir}, or set another name/output_dir")
     trainer = build_trainer(cfg, run_dir)  # every bad value raises here: nothing written yet
+    state = rng_state()  # checking a prerequisite builds it, which reseeds
+    prerequisites = prerequisite_configs(cfg, trainer.method, run_dir)  # checked, not yet run
+    set_rng_state(state)
     if not resume:
         _start_run_dir(cfg, run_dir)
     for folder in (run_dir, run_dir / "checkpoints"):
@@ -190,12 +213,84 @@ def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] =
     elif resume:  # no epoch finished: start over, dropping lines of the epoch that stopped
         for name in ("metrics.jsonl", "reports.jsonl"):
             truncate_jsonl(run_dir / name, -1)
+    state = rng_state()  # a prerequisite trained now or reused: the same run afterwards
+    done = {name: train_prerequisite(raw, d) for name, (raw, d) in prerequisites.items()}
+    set_rng_state(state)
+    trainer.ctx.extras["prerequisites"] = {name: d for name, (_, d) in prerequisites.items()}
     t0 = time.perf_counter()
     numbers = trainer.fit()
     summary = _summary(cfg, run_dir, numbers, time.perf_counter() - t0)
+    if done:  # which runs this one used, relative to its directory
+        summary["prerequisites"] = {name: str(d.relative_to(run_dir))
+                                    for name, (_, d) in prerequisites.items()}
     plot_run(run_dir)
     atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
     return summary
+
+
+def _merge(base: dict, partial: Mapping[str, Any]) -> dict:
+    """``partial`` over ``base``: sections merged key by key, except ``method``, replaced."""
+    out = copy.deepcopy(base)
+    for key, value in partial.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "method":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def prerequisite_configs(cfg: Config, method: Method, run_dir: Path
+                         ) -> dict[str, tuple[dict, Path]]:
+    """The method's prerequisite runs: name -> (raw config, run directory). Each one not
+    finished yet is built (data, model, method) to check it, so a bad one raises ConfigError
+    naming the prerequisite before any directory is written."""
+    out = {}
+    for name, partial in method.prerequisites().items():
+        raw = _merge(config_to_dict(cfg), partial)
+        raw["name"] = f"{cfg.name}-{name}"
+        d = Path(run_dir) / "prerequisites" / name
+        if not (d / "summary.json").is_file():
+            try:
+                build_trainer(config_from_dict(raw), d)  # writes nothing
+            except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
+                raise ConfigError(f"{cfg.method['name']}: prerequisite run {name!r}: "
+                                  f"{err}") from None
+        out[name] = (raw, d)
+    return out
+
+
+def train_prerequisite(raw: dict, run_dir: Path) -> dict[str, Any]:
+    """A prerequisite run: trained, resumed or reused (see :func:`run_or_reuse`)."""
+    return run_or_reuse(raw, run_dir)
+
+
+def _without_device(raw: dict) -> dict:
+    """A stored config for comparison: ``train.device`` says where a run ran, not what it is."""
+    raw = dict(raw)
+    raw["train"] = {k: v for k, v in raw.get("train", {}).items() if k != "device"}
+    return raw
+
+
+def run_or_reuse(raw: Mapping[str, Any], run_dir: Union[str, Path]) -> dict[str, Any]:
+    """Train the run of config ``raw`` in ``run_dir``: start it, resume it if interrupted, or
+    return its summary if finished; a directory holding another config is refused
+    (:class:`RunExistsError`).
+
+    Configs are compared through the config loader (so keys added later with their defaults
+    still match), ignoring ``train.device``.
+    """
+    run_dir = Path(run_dir)
+    cfg = config_from_dict(raw)
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        return train(cfg, run_dir=run_dir)
+    old = config_to_dict(config_from_dict(yaml.safe_load(stored.read_text())))
+    if _without_device(old) != _without_device(config_to_dict(cfg)):
+        raise RunExistsError(f"{run_dir} holds a run of another configuration; remove it or "
+                             f"choose another output directory")
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    return train(run_dir=run_dir, resume=True)  # interrupted earlier: continue it
 
 
 def _phase(record: dict, phase: str) -> float:
