@@ -94,10 +94,10 @@ class OGMGE(Method):
     def on_fit_start(self, ctx: FitContext) -> None:
         model, mods = ctx.model, list(ctx.model.encoders)
         if len(mods) < 2:
-            raise ValueError(f"ogm_ge needs at least 2 modalities, the model has {mods}")
+            raise ValueError(f"{self.name} needs at least 2 modalities, the model has {mods}")
         if self.rule == "release" and len(mods) != 2:
-            raise ValueError(f"ogm_ge.rule='release' is the two-modality rule; the model has "
-                             f"{len(mods)} modalities: use rule 'min' or 'auto'")
+            raise ValueError(f"{self.name}.rule='release' is the two-modality rule; the model "
+                             f"has {len(mods)} modalities: use rule 'min' or 'auto'")
         self._use_heads = getattr(model.fusion, "slices", None) is None
         # no fused head: the prediction is the mean of the unimodal heads, whose logits are
         # then the per-modality logits themselves (no probe needed)
@@ -105,13 +105,15 @@ class OGMGE(Method):
                            and getattr(model, "unimodal_heads", None) is not None)
         if self._use_heads and getattr(model, "unimodal_heads", None) is None:
             raise ValueError(
-                f"ogm_ge needs per-modality logits: split logits exist only for concatenation "
-                f"fusion, and {type(model.fusion).__name__} has no per-modality slice of the head "
-                f"weight; use fusion 'concat' or build the model with unimodal_heads=True")
+                f"{self.name} needs per-modality logits: split logits exist only for "
+                f"concatenation fusion, and {type(model.fusion).__name__} has no per-modality "
+                f"slice of the head weight; use fusion 'concat' or build the model with "
+                f"unimodal_heads=True")
         if self.conv_only and not any(p.dim() == 4 for m in mods
                                       for p in model.encoders[m].parameters()):
-            log.warning("ogm_ge: conv_only=True but no encoder has 4-D (conv) parameters: "
-                        "no gradient will be modulated; set conv_only=False to modulate all")
+            log.warning("%s: conv_only=True but no encoder has 4-D (conv) parameters: no "
+                        "gradient will be modulated; set conv_only=False to modulate all",
+                        self.name)
         if self.gen is None:
             self.gen = torch.Generator(device=ctx.device).manual_seed(self.seed)
             if self._gen_state is not None:
@@ -138,9 +140,13 @@ class OGMGE(Method):
     def _rule(self) -> str:
         return self.rule if self.rule != "auto" else ("release" if len(self.scores) == 2 else "min")
 
+    def coefficients(self) -> dict[str, float]:
+        """k_m of the current batch from ``self.scores`` (a variant overrides the rule)."""
+        return ogm_coefficients(self.scores, self.alpha, self._rule())
+
     @torch.no_grad()
     def on_before_optimizer_step(self, ctx: FitContext) -> None:
-        self.k = ogm_coefficients(self.scores, self.alpha, self._rule())
+        self.k = self.coefficients()
         for m, k in self.k.items():
             self._k_sum[m] = self._k_sum.get(m, 0.0) + k
         self._n += 1
@@ -162,7 +168,7 @@ class OGMGE(Method):
     def on_train_epoch_end(self, ctx: FitContext) -> Optional[dict[str, Any]]:
         if self._n == 0:
             return None
-        return {"ogm_ge": {"k_mean": {m: s / self._n for m, s in self._k_sum.items()},
+        return {self.name: {"k_mean": {m: s / self._n for m, s in self._k_sum.items()},
                            "modulated": self.starts <= ctx.epoch <= self.ends}}
 
     def state_dict(self) -> dict[str, Any]:
