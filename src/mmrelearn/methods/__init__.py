@@ -6,5 +6,6 @@ from . import joint, dnr, dnr_dagger, gblending, ogm_ge, pmr, agm, greedy  # noq
 from . import opm  # noqa: E402,F401
 from . import ogm_tpami  # noqa: E402,F401
 from . import mmcosine  # noqa: E402,F401
+from . import mmpareto  # noqa: E402,F401
 
 __all__ = ["METHODS", "FitContext", "Method", "register_method"]
