@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmrelearn.config import ConfigError, config_from_dict
+from mmrelearn.config import ConfigError
 from mmrelearn.methods.ogm_ge import OGMGE, ogm_coefficients
 from mmrelearn.methods.ogm_tpami import OGMTPAMI, tpami_coefficients
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
