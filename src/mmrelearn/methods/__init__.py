@@ -10,5 +10,6 @@ from . import mmpareto  # noqa: E402,F401
 from . import inforeg  # noqa: E402,F401
 from . import cml  # noqa: E402,F401
 from . import lfm  # noqa: E402,F401
+from . import mbsd  # noqa: E402,F401
 
 __all__ = ["METHODS", "FitContext", "Method", "register_method"]
