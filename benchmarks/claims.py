@@ -2,11 +2,13 @@
 
 Usage: python benchmarks/claims.py [RESULTS_JSON ...] [--out benchmarks/results]
 
-Reads each comparison's ``results.json`` (default: compare_mfeat, compare_avdigits and
-compare_avmnist under benchmarks/results/; missing ones are skipped with a note), and writes
-``claims.md`` and ``claims.json`` into --out: per claim, task and variant the mean difference
-in percentage points, its 95% interval, the paired t-test's p-value, the verdict at the 5%
-level and whether the claim holds. The claims are listed in ``mmrelearn.claims.CLAIMS``.
+Reads each comparison's ``results.json`` (default: compare_mfeat, compare_avdigits,
+compare_avmnist, compare_mfeat3 and compare_avmnist_mbt under benchmarks/results/; missing ones
+are skipped with a note), and writes ``claims.md`` and ``claims.json`` into --out: per claim,
+task and variant the mean difference in percentage points, its 95% interval, the paired t-test's
+p-value, the verdict at the 5% level and whether the claim holds; then D&R's rank among every
+method present and every method against joint training. The claims are listed in
+``mmrelearn.claims.CLAIMS``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from pathlib import Path
 from mmrelearn.claims import write_claims
 
 HERE = Path(__file__).resolve().parent
-TASKS = ("compare_mfeat", "compare_avdigits", "compare_avmnist")
+TASKS = ("compare_mfeat", "compare_avdigits", "compare_avmnist", "compare_mfeat3",
+         "compare_avmnist_mbt")
 
 
 def _shown(path: Path) -> str:

@@ -205,3 +205,22 @@ def test_two_methods_pair_over_their_common_seeds():
     assert row["n"] == 3 and row["comparison"] == "dnr_dagger vs gblending"
     # offsets 5 and 1 with JITTER[7 % 4] and JITTER[1] over seeds 0-2: 4 + (0.1, -0.1, -0.1)
     assert row["mean"] == pytest.approx(4.0 - 0.1 / 3)
+
+
+def test_rank_among_every_method():
+    from mmrelearn.claims import rank_markdown, rank_rows
+
+    rows = rank_rows([_good(), _bad()])
+    clean = next(r for r in rows if (r["task"], r["variant"]) == ("good", "clean"))
+    # clean offsets: dnr_dagger 5 > dnr 4 > ... : D&R 2nd of 8, 1 point below D&R-dagger
+    assert (clean["rank"], clean["methods"], clean["best"]) == (2, 8, "dnr_dagger")
+    assert clean["delta"] == pytest.approx(-1.0 + sum(
+        j1 - j0 for j1, j0 in zip(JITTER[6 % 4], JITTER[7 % 4])) / 5)
+    noisy = next(r for r in rows if (r["task"], r["variant"]) == ("good", "noisy"))
+    assert (noisy["rank"], noisy["best"]) == (1, "dnr_dagger")  # dnr 2 > dnr_dagger 1
+    bad = next(r for r in rows if r["task"] == "bad")
+    # alone_* never counted; D&R -4 is 6th of 7 (only dnr_dagger at -5 below)
+    assert (bad["rank"], bad["methods"], bad["best"]) == (6, 7, "joint")
+    assert bad["verdict"] == "worse"
+    text = rank_markdown([_bad()]).splitlines()
+    assert text[2].startswith("| bad | scarce | 6 of 7 | 66.00 | joint (70.00) | -4.00 [")

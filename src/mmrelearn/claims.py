@@ -27,7 +27,7 @@ from .report import mean_std
 from .stats import PairedResult, paired_table
 
 __all__ = ["CLAIMS", "load_results", "evaluate_claims", "claims_markdown", "write_claims",
-           "improvement_rows", "probe_points", "overview_markdown"]
+           "improvement_rows", "probe_points", "overview_markdown", "rank_rows", "rank_markdown"]
 
 PAPER_METHODS = ("joint", "gblending", "ogm_ge", "greedy", "pmr", "agm", "dnr")
 BALANCERS = ("gblending", "ogm_ge", "greedy", "pmr", "agm")
@@ -268,6 +268,44 @@ def overview_markdown(results: Sequence[dict[str, Any]], alpha: float = 0.05,
     return "\n".join(lines).lstrip("\n")
 
 
+def rank_rows(results: Sequence[dict[str, Any]], method: str = "dnr", alpha: float = 0.05,
+              level: float = 0.95) -> list[dict[str, Any]]:
+    """Per task and variant: ``method``'s rank by mean test accuracy among every method present
+    (runs of one modality alone excluded; ties share the better rank), the best other method,
+    and ``method``'s paired difference to it over their common seeds."""
+    rows = []
+    for res in results:
+        for variant, var in res["variants"].items():
+            ms = {m: e for m, e in var["methods"].items() if not m.startswith("alone_")}
+            if method not in ms or len(ms) < 2:
+                continue
+            means = {m: mean(e["test"]["acc"]) for m, e in ms.items()}
+            best = max((m for m in means if m != method), key=means.get)
+            a, b = _by_seed(ms[method], "test", "acc"), _by_seed(ms[best], "test", "acc")
+            common = [s for s in a if s in b]
+            r = paired_table({method: {s: a[s] for s in common},
+                              best: {s: b[s] for s in common}}, best, level)[method]
+            rows.append({"task": res["task"], "variant": variant, "methods": len(means),
+                         "rank": 1 + sum(v > means[method] for v in means.values()),
+                         "mean": means[method], "best": best, "best_mean": means[best],
+                         "n": r.n, "delta": r.mean, "low": r.low, "high": r.high,
+                         "verdict": r.verdict(alpha)})
+    return rows
+
+
+def rank_markdown(results: Sequence[dict[str, Any]], method: str = "dnr", alpha: float = 0.05,
+                  level: float = 0.95) -> str:
+    """:func:`rank_rows` as a markdown table."""
+    lines = [f"| task | variant | {method} rank | {method} Acc | best other (Acc) | "
+             f"Δ vs it [{100 * level:g}% CI], verdict |", "|---|---|---|---|---|---|"]
+    for r in rank_rows(results, method, alpha, level):
+        ci = "-" if math.isnan(r["low"]) else f"[{r['low']:+.2f}, {r['high']:+.2f}]"
+        lines.append(f"| {r['task']} | {r['variant']} | {r['rank']} of {r['methods']} | "
+                     f"{r['mean']:.2f} | {r['best']} ({r['best_mean']:.2f}) | "
+                     f"{r['delta']:+.2f} {ci} over {r['n']} seeds, {r['verdict']} |")
+    return "\n".join(lines)
+
+
 def _strict(x: Any) -> Any:
     """NaN / inf -> None, recursively, for strict JSON."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -289,6 +327,10 @@ def write_claims(paths: Sequence[Union[str, Path]], out_dir: Union[str, Path], c
     md, js = out / "claims.md", out / "claims.json"
     text = claims_markdown(ev, command, alpha, level)
     if results:
+        text += ("\n\n## D&R's rank among every method present\n\nBy mean test accuracy "
+                 "over each method's seeds (uni-modal runs excluded), with D&R's paired "
+                 "difference to the best other method over their common seeds.\n\n"
+                 + rank_markdown(results, "dnr", alpha, level))
         text += ("\n\n## Every method against joint training, per task\n\nTest accuracy (%, "
                  "mean ± std, number of seeds in brackets) and the paired difference to the "
                  "reference over each method's seeds (percentage points; `alone_<m>`: joint "
