@@ -23,6 +23,8 @@ def parse(doc: str, task: str, seeds: int, fsdd: bool) -> argparse.Namespace:
                        help="Free Spoken Digit Dataset directory (default ../shared/datasets/fsdd)")
     p.add_argument("--out", default=str(HERE / "results" / task))
     p.add_argument("--spec", default=str(HERE / f"{task}.yaml"))
+    p.add_argument("--processes", type=int, default=1,
+                   help="runs trained at once, each in its own process (default 1)")
     return p.parse_args()
 
 
@@ -45,6 +47,7 @@ def main(doc: str, task: str, seeds: int, fsdd: bool) -> None:
     args = parse(doc, task, seeds, fsdd)
     spec = load_spec(args)
     t0 = time.perf_counter()
-    text = run_comparison(spec, Path(args.out), seeds=args.seeds, epochs=args.epochs)
+    text = run_comparison(spec, Path(args.out), seeds=args.seeds, epochs=args.epochs,
+                          processes=args.processes)
     print(text)
     print(f"\nwall time {time.perf_counter() - t0:.0f} s; results in {args.out}/results.md")

@@ -136,4 +136,16 @@ def test_a_run_stored_before_a_new_config_key_is_reused(tiny_raw, tmp_path):
     del raw["model"]["fusion_dim"]  # as written by a version that did not have this key
     stored.write_text(yaml.safe_dump(raw, sort_keys=False))
     text = run_comparison(spec, tmp_path, seeds=1, epochs=1, progress=False)
-    assert "for 0 runs trained now (1 finished runs reused)" in text
+    assert "for 0 runs trained now (1 finished runs reused; 1 process(es))" in text
+
+
+def test_two_processes_give_the_same_results(tiny_raw, tmp_path):
+    spec = _spec(tiny_raw)
+    spec.update(probe=False, unimodal=[])
+    run_comparison(spec, tmp_path / "one", seeds=2, progress=False)
+    text = run_comparison(spec, tmp_path / "two", seeds=2, progress=False, processes=2)
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    for variant, e in one["variants"].items():
+        for m, x in e["methods"].items():
+            assert two["variants"][variant]["methods"][m]["test"] == x["test"], (variant, m)
+    assert "8 runs trained now (0 finished runs reused; 2 process(es))" in text

@@ -26,13 +26,11 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any, Optional
 
-from tqdm.auto import tqdm
-
 from .config import apply_overrides
 from .report import aggregate, markdown_table, mean_std, paired_markdown
-from .train.run import run_or_reuse
 from .train.checkpoint import atomic_write_text, read_jsonl
 from .train.plots import plot_groups, plot_improvement, plot_probe_scatter
+from .train.run import run_or_reuse  # re-exported: comparisons and scripts train through it
 
 __all__ = ["Job", "comparison_jobs", "run_comparison", "collect_results", "timing_rows",
            "paper_layout_markdown", "run_or_reuse"]
@@ -261,15 +259,20 @@ def _figures(results: dict, out_dir: Path) -> list[str]:
 
 
 def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
-                   epochs: Optional[int] = None, progress: bool = True) -> str:
+                   epochs: Optional[int] = None, progress: bool = True,
+                   processes: int = 1) -> str:
     """Run every job of ``spec`` (see the module docstring) and write ``results.md``,
-    ``results.json`` and the figures into ``out_dir``; returns the report text."""
+    ``results.json`` and the figures into ``out_dir``; returns the report text.
+
+    ``processes > 1`` trains that many runs at once, each in its own process with
+    cpu_count / processes threads, started in the interleaved order."""
+    from .train.parallel import run_many
+
     out_dir = Path(out_dir)
     jobs = comparison_jobs(spec, out_dir, seeds, epochs)
     reused = sum((j.run_dir / "summary.json").is_file() for j in jobs)
     t0 = time.perf_counter()
-    for job in tqdm(jobs, desc="runs", disable=not progress):
-        run_or_reuse(job.raw, job.run_dir)
+    run_many([(j.raw, j.run_dir) for j in jobs], processes, progress)
     wall = time.perf_counter() - t0
     results = collect_results(spec, jobs)
     atomic_write_text(json.dumps(results, indent=1) + "\n", out_dir / "results.json")
@@ -284,7 +287,7 @@ def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
     report.append(f"Epoch seconds of all {len(jobs)} runs, summed: {run_s:.0f} s (data "
                   f"building and probes not included).")
     report.append(f"Wall time: {wall:.0f} s for {len(jobs) - reused} runs trained now "
-                  f"({reused} finished runs reused).")
+                  f"({reused} finished runs reused; {processes} process(es)).")
     text = "\n".join(report)
     atomic_write_text(text + "\n", out_dir / "results.md")
     return text

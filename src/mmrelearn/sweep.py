@@ -15,12 +15,9 @@ import itertools
 import json
 import logging
 import math
-import os
 import re
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Optional, Sequence
@@ -137,60 +134,11 @@ def _raw(base: dict[str, Any], over: list[str], run_dir: Path) -> dict:
     return raw
 
 
-def _devices(raw: dict, jobs: int) -> list[Optional[str]]:
-    """Per job slot: the CUDA device it uses, or None to keep the config's device."""
-    import torch
-
-    device = raw.get("train", {}).get("device", "auto")
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if jobs < 2 or n < 2 or device not in ("auto", "cuda"):
-        return [None] * jobs
-    return [f"cuda:{i % n}" for i in range(jobs)]
-
-
-def _worker(raw: dict, run_dir: str, threads: int, device: Optional[str]) -> dict:
-    """Train (or reuse, or resume) one run in this process; returns its summary."""
-    import torch
-
-    from .train.run import run_or_reuse
-
-    torch.set_num_threads(threads)
-    if device is not None:
-        raw = apply_overrides(raw, [f"train.device={device}"])
-    return run_or_reuse(raw, Path(run_dir))
-
-
 def _execute(runs: list[SweepRun], jobs: int, progress: bool) -> int:
     """Run every unfinished run; returns how many were trained now."""
-    from tqdm.auto import tqdm
+    from .train.parallel import run_many
 
-    todo = [r for r in runs if not (r.run_dir / "summary.json").is_file()]
-    bar = tqdm(total=len(todo), desc="sweep runs", disable=not progress)
-    if jobs == 1:
-        from .train.run import run_or_reuse
-
-        for r in todo:
-            run_or_reuse(r.raw, r.run_dir)
-            bar.update()
-        bar.close()
-        return len(todo)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    devices = _devices(runs[0].raw, jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        pending = {pool.submit(_worker, r.raw, str(r.run_dir), threads, devices[i % jobs]): r
-                   for i, r in enumerate(todo)}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                run = pending.pop(fut)
-                if fut.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise RuntimeError(f"sweep run {run.run_dir} failed: "
-                                       f"{fut.exception()}") from fut.exception()
-                bar.update()
-    bar.close()
-    return len(todo)
+    return run_many([(r.raw, r.run_dir) for r in runs], jobs, progress, desc="sweep runs")
 
 
 def _collect(runs: list[SweepRun], grid: dict[str, list[Any]]) -> dict[str, Any]:
