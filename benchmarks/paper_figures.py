@@ -1,7 +1,7 @@
 """The paper's Figures 1, 3, 4 and 5 on avmnist and mfeat, each drawn from results files.
 
 Usage: python benchmarks/paper_figures.py [--seeds 3] [--fsdd DIR] [--tasks avmnist,mfeat]
-                                          [--out benchmarks/results/figures]
+                                          [--jobs 1] [--out benchmarks/results/figures]
 
 * Figure 1 (accuracy change over joint training; uni-modal probe quality): redrawn from the
   committed ``compare_avmnist`` and ``compare_mfeat`` results.json (run those benchmarks first).
@@ -94,6 +94,8 @@ def main() -> None:
     p.add_argument("--fsdd", default=str(DEFAULT_FSDD), help="FSDD directory (avmnist's audio)")
     p.add_argument("--tasks", default="avmnist,mfeat")
     p.add_argument("--out", default=str(HERE / "results" / "figures"))
+    p.add_argument("--jobs", type=int, default=1,
+                   help="sweep runs trained at once, each in its own process (default 1)")
     args = p.parse_args()
 
     from mmrelearn.analysis import purity_figure, tsne_figure
@@ -128,8 +130,8 @@ def main() -> None:
         seeds = list(range(args.seeds))
         for key, values in (("method.lam", LAMBDAS), ("method.every", EVERY)):
             short = key.split(".")[1]
-            text = run_sweep(sweep_base, {key: values}, seeds, sweep_dir, progress=False,
-                             report=f"sweep_{short}")
+            text = run_sweep(sweep_base, {key: values}, seeds, sweep_dir, jobs=args.jobs,
+                             progress=False, report=f"sweep_{short}")
             png = sweep_dir / f"sweep_{short}.png"
             target = out / f"fig5_{task}_{short}.png"
             target.write_bytes(png.read_bytes())
