@@ -25,3 +25,20 @@ def test_library_snippet_runs_and_relearns(capsys):
                                                       ["4", "audio"], ["4", "video"]]
     report = scope["report"]
     assert report.applied and report.n_train == 200 and report.n_val == 100
+
+
+def test_relative_links_of_the_readme_and_docs_exist():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code is not links
+        text = re.sub(r"`[^`]*`", "", text)
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" in target:
+                continue
+            if not (page.parent / target).exists():
+                missing.append(f"{page.relative_to(root)} -> {target}")
+    assert not missing, missing
