@@ -35,8 +35,38 @@ def strip_time():
     return _strip_time
 
 
+def _crash_run(raw, run_dir, epoch, hook="_train_epoch", when=None):
+    """Train ``raw`` into ``run_dir`` and interrupt it (KeyboardInterrupt, as a kill would) when
+    ``Trainer.<hook>`` is called for ``epoch`` (any epoch if None) and ``when(trainer)`` holds;
+    the trainer is restored afterwards."""
+    from mmrelearn.config import config_from_dict
+    from mmrelearn.train import loop as loop_mod
+    from mmrelearn.train import train
+
+    original = getattr(loop_mod.Trainer, hook)
+
+    def crashing(self, e):
+        if (epoch is None or e == epoch) and (when is None or when(self)):
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, e)
+
+    setattr(loop_mod.Trainer, hook, crashing)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config_from_dict(raw), run_dir=run_dir)
+    finally:
+        setattr(loop_mod.Trainer, hook, original)
+
+
 @pytest.fixture
-def resume_check(monkeypatch):
+def crash_run():
+    """``crash_run(raw, run_dir, epoch, hook="_train_epoch", when=None)``: a run interrupted
+    at ``epoch`` (see :func:`_crash_run`), left as a crash leaves it."""
+    return _crash_run
+
+
+@pytest.fixture
+def resume_check():
     """Run ``raw`` uninterrupted and crashed in epoch ``crash_epoch`` then resumed; assert both
     end with identical summaries, metrics.jsonl (times aside) and final weights.
 
@@ -46,23 +76,12 @@ def resume_check(monkeypatch):
     import torch
 
     from mmrelearn.config import config_from_dict
-    from mmrelearn.train import loop as loop_mod
     from mmrelearn.train import train
     from mmrelearn.train.checkpoint import read_jsonl
 
     def check(raw, tmp_path, crash_epoch):
         full = train(config_from_dict(raw), run_dir=tmp_path / "full")
-        original = loop_mod.Trainer._train_epoch
-
-        def crashing(self, epoch):
-            if epoch == crash_epoch:
-                raise KeyboardInterrupt("simulated crash")
-            return original(self, epoch)
-
-        monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", crashing)
-        with pytest.raises(KeyboardInterrupt):
-            train(config_from_dict(raw), run_dir=tmp_path / "cut")
-        monkeypatch.setattr(loop_mod.Trainer, "_train_epoch", original)
+        _crash_run(raw, tmp_path / "cut", crash_epoch)
         at_crash = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)
         assert at_crash["epoch"] == crash_epoch - 1
         assert not (tmp_path / "cut/summary.json").exists()

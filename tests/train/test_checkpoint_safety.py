@@ -10,7 +10,7 @@ import torch
 from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.probe import probe_run
-from mmrelearn.train import loop, train
+from mmrelearn.train import train
 from mmrelearn.train.checkpoint import convert_checkpoint, load_checkpoint
 
 
@@ -67,20 +67,10 @@ def test_every_stored_field_loads_with_weights_only(finished):
 
 
 def test_an_older_checkpoint_says_how_to_convert_it_and_then_resumes(tiny_raw, tmp_path,
-                                                                     monkeypatch):
+                                                                     crash_run):
     full = train(config_from_dict(tiny_raw), run_dir=tmp_path / "full")
-    original = loop.Trainer._train_epoch
-
-    def stop(self, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt("stopped")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", stop)
     cut = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(tiny_raw), run_dir=cut)
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", original)
+    crash_run(tiny_raw, cut, 3)
     # the layout of earlier versions: NumPy's RNG state as get_state() returns it (an ndarray)
     path = cut / "checkpoints/last.pt"
     state = torch.load(path, weights_only=True)

@@ -125,24 +125,14 @@ def test_killed_prepare_reruns_to_the_uninterrupted_cache(tmp_path):
     assert any(interrupted)
 
 
-def test_resume_removes_temporaries_and_a_cut_line(tiny_raw, tmp_path, strip_time, monkeypatch):
+def test_resume_removes_temporaries_and_a_cut_line(tiny_raw, tmp_path, strip_time, crash_run):
     """What a kill inside a write leaves (the fault tests above reach it only by chance)."""
     from mmrelearn.config import config_from_dict
-    from mmrelearn.train import loop, train
+    from mmrelearn.train import train
 
     full = train(config_from_dict(tiny_raw), run_dir=tmp_path / "full")
-    original = loop.Trainer._train_epoch
-
-    def stop(self, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", stop)
     cut = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(tiny_raw), run_dir=cut)
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", original)
+    crash_run(tiny_raw, cut, 3)
     (cut / "checkpoints" / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
     (cut / ".metrics.jsonl.k1ll3d.tmp").write_text("{}")
     with open(cut / "metrics.jsonl", "a") as f:

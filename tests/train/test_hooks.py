@@ -3,9 +3,11 @@ and prerequisite runs, each shown by what it changes."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+import yaml
 from torch.utils.data import DataLoader, Subset
 
 from mmrelearn.cli import main
@@ -248,14 +250,13 @@ def test_prerequisite_runs_are_trained_first_then_reused(tiny_raw, tmp_path, mon
     a = train(config_from_dict(tiny_raw), run_dir=tmp_path / "a")
     pre = tmp_path / "a" / "prerequisites" / "alone_m0"
     assert a["prerequisites"] == {"alone_m0": "prerequisites/alone_m0"}
-    stored = config_from_dict(json.loads(json.dumps(
-        __import__("yaml").safe_load((pre / "config.yaml").read_text()))))
+    stored = config_from_dict(yaml.safe_load((pre / "config.yaml").read_text()))
     assert stored.data["modalities"] == ["m0"] and stored.method == {"name": "joint"}
     assert stored.train.epochs == 1 and stored.name == "tiny-alone_m0"
     # the same parent run with the prerequisite already there: reused, same numbers
     b_dir = tmp_path / "b"
     (b_dir / "prerequisites").mkdir(parents=True)
-    __import__("shutil").copytree(pre, b_dir / "prerequisites" / "alone_m0")
+    shutil.copytree(pre, b_dir / "prerequisites" / "alone_m0")
     mtime = (b_dir / "prerequisites/alone_m0/summary.json").stat().st_mtime_ns
     b = train(config_from_dict(tiny_raw), run_dir=b_dir)
     assert (b_dir / "prerequisites/alone_m0/summary.json").stat().st_mtime_ns == mtime
@@ -278,25 +279,15 @@ def test_a_bad_prerequisite_config_fails_before_anything_is_written(tiny_raw, tm
 
 
 def test_resume_between_stages_equals_uninterrupted(tiny_raw, tmp_path, monkeypatch,
-                                                    strip_time):
-    from mmrelearn.train import loop
-
+                                                    strip_time, crash_run):
     monkeypatch.setitem(METHODS, "needs_alone", NeedsAlone)
     tiny_raw["method"] = {"name": "needs_alone"}
     tiny_raw["train"].update(epochs=2, monitor_purity=False)
     tiny_raw["model"]["encoders"]["m0"]["dropout"] = 0.2  # the global RNG matters
     full = train(config_from_dict(tiny_raw), run_dir=tmp_path / "full")
-    original = loop.Trainer._train_epoch
-
-    def crash_in_prerequisite(self, epoch):
-        if "prerequisites" in str(self.run_dir):
-            raise KeyboardInterrupt("killed while training the prerequisite")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", crash_in_prerequisite)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(tiny_raw), run_dir=tmp_path / "cut")
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", original)
+    # killed while training the prerequisite, before the parent's first epoch
+    crash_run(tiny_raw, tmp_path / "cut", None,
+              when=lambda trainer: "prerequisites" in str(trainer.run_dir))
     assert (tmp_path / "cut/config.yaml").is_file()  # the parent exists: --resume finds it
     assert not (tmp_path / "cut/prerequisites/alone_m0/summary.json").exists()
     resumed = train(run_dir=tmp_path / "cut", resume=True)

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from mmrelearn.config import ConfigError, config_from_dict
-from mmrelearn.train import loop as loop_mod
 from mmrelearn.train import train
 from mmrelearn.train.checkpoint import read_jsonl
 from mmrelearn.train.loggers import flatten, read_csv
@@ -33,30 +32,20 @@ def _strip_time(rows):
     return [{k: v for k, v in r.items() if not k.startswith("time_s/")} for r in rows]
 
 
-def _full_and_resumed(raw, tmp_path, monkeypatch, crash_epoch=3):
+def _full_and_resumed(raw, tmp_path, crash, crash_epoch=3):
     """An uninterrupted run, and one that crashes right after logging epoch ``crash_epoch``
     (before its checkpoint) and is resumed: the worst moment for duplicate rows."""
     train(config_from_dict(raw), run_dir=tmp_path / "full")
-    original = loop_mod.Trainer._save_last
-
-    def crashing(self, epoch):
-        if epoch == crash_epoch:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, epoch)
-
-    monkeypatch.setattr(loop_mod.Trainer, "_save_last", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(raw), run_dir=tmp_path / "cut")
-    monkeypatch.setattr(loop_mod.Trainer, "_save_last", original)
+    crash(raw, tmp_path / "cut", crash_epoch, hook="_save_last")
     cut_rows = read_csv(tmp_path / "cut/metrics.csv")
     assert [r["epoch"] for r in cut_rows] == list(range(crash_epoch + 1))  # logged, no ckpt
     train(run_dir=tmp_path / "cut", resume=True)
     return tmp_path / "full", tmp_path / "cut"
 
 
-def test_csv_holds_metrics_jsonl_and_survives_resume(tiny_raw, tmp_path, monkeypatch):
+def test_csv_holds_metrics_jsonl_and_survives_resume(tiny_raw, tmp_path, crash_run):
     tiny_raw["train"]["loggers"] = ["jsonl", "csv"]
-    full, cut = _full_and_resumed(tiny_raw, tmp_path, monkeypatch)
+    full, cut = _full_and_resumed(tiny_raw, tmp_path, crash_run)
     records = read_jsonl(full / "metrics.jsonl")
     rows = read_csv(full / "metrics.csv")
     assert len(rows) == len(records) == tiny_raw["train"]["epochs"]
@@ -71,12 +60,12 @@ def test_csv_holds_metrics_jsonl_and_survives_resume(tiny_raw, tmp_path, monkeyp
     assert _strip_time(read_csv(cut / "metrics.csv")) == _strip_time(rows)
 
 
-def test_tensorboard_logs_the_same_scalars_once_per_epoch(tiny_raw, tmp_path, monkeypatch):
+def test_tensorboard_logs_the_same_scalars_once_per_epoch(tiny_raw, tmp_path, crash_run):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tiny_raw["train"]["loggers"] = ["csv", "tensorboard"]
-    full, cut = _full_and_resumed(tiny_raw, tmp_path, monkeypatch)
+    full, cut = _full_and_resumed(tiny_raw, tmp_path, crash_run)
     rows = read_csv(full / "metrics.csv")
     scalars = {}
     for run in (full, cut):  # the resumed run has two event files; the second purges epoch 3
