@@ -53,22 +53,16 @@ def _base(task: str, fsdd: Path) -> tuple[dict, dict]:
 
 
 def figure1(task: str, out: Path) -> list[str]:
-    from mmrelearn.claims import improvement_rows, probe_points
-    from mmrelearn.train.plots import plot_improvement, plot_probe_scatter
+    from mmrelearn.comparison import figure1 as draw
 
     src = HERE / "results" / TASKS[task][0] / "results.json"
     if not src.is_file():
         return [f"* Figure 1 ({task}): skipped, {src.relative_to(HERE.parent)} is missing"]
-    res = json.loads(src.read_text())
-    rows = [r for r in improvement_rows(res) if not r["method"].startswith("alone_")]
-    lines = [f"* Figure 1a ({task}): {plot_improvement(rows, out / f'fig1a_{task}.png').name}"
-             f" from {src.relative_to(HERE.parent)}"]
-    for variant in res["variants"]:
-        points = probe_points(res, variant)
-        if points and len(next(iter(points.values()))) == 2:
-            path = plot_probe_scatter(points, out / f"fig1bc_{task}_{variant}.png")
-            lines.append(f"* Figure 1b/c ({task}, {variant}): {path.name}")
-    return lines
+    fig, scatter = draw(json.loads(src.read_text()), out / f"fig1a_{task}.png",
+                        str(out / f"fig1bc_{task}_{{variant}}.png"))
+    lines = [] if fig is None else [f"* Figure 1a ({task}): {fig.name} from "
+                                    f"{src.relative_to(HERE.parent)}"]
+    return lines + [f"* Figure 1b/c ({task}, {v}): {p.name}" for v, p in scatter.items()]
 
 
 def monitored_runs(task: str, base: dict, dnr: dict, seeds: int, out: Path) -> dict[str, list]:

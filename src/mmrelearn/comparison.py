@@ -33,7 +33,7 @@ from .train.plots import plot_groups, plot_improvement, plot_probe_scatter
 from .train.run import run_or_reuse  # re-exported: comparisons and scripts train through it
 
 __all__ = ["Job", "comparison_jobs", "run_comparison", "collect_results", "timing_rows",
-           "paper_layout_markdown", "run_or_reuse"]
+           "paper_layout_markdown", "run_or_reuse", "figure1"]
 
 log = logging.getLogger(__name__)
 
@@ -240,22 +240,30 @@ def _trajectory_lines(dirs: list[Path]) -> list[str]:
     return lines
 
 
-def _figures(results: dict, out_dir: Path) -> list[str]:
-    """Figure 1a (accuracy change over the reference) and 1b/c (probe scatter) as PNGs."""
+def figure1(results: dict, improvement: Path, probes: str) -> tuple[Optional[Path], dict]:
+    """Figure 1a (accuracy change over the reference, 95% intervals; uni-modal runs left out)
+    into ``improvement``, and Figure 1b/c (probe scatter, two-modality tasks) per variant into
+    ``probes.format(variant=...)``; returns the 1a path (None: nothing to draw) and
+    {variant: 1b/c path}."""
     from .claims import improvement_rows, probe_points
 
-    ref = results["reference"]
     rows = [r for r in improvement_rows(results) if not r["method"].startswith("alone_")]
-    lines = []
-    if rows:
-        fig = plot_improvement(rows, out_dir / "improvement.png")
-        lines.append(f"Accuracy change over {ref} (95% intervals): [{fig.name}]({fig.name})")
+    fig = plot_improvement(rows, improvement) if rows else None
+    scatter = {}
     for variant in results["variants"]:
         points = probe_points(results, variant)
         if points and len(next(iter(points.values()))) == 2:
-            path = plot_probe_scatter(points, out_dir / f"{variant}_probes.png")
-            lines.append(f"Uni-modal probes ({variant}): [{path.name}]({path.name})")
-    return lines
+            scatter[variant] = plot_probe_scatter(points, Path(probes.format(variant=variant)))
+    return fig, scatter
+
+
+def _figures(results: dict, out_dir: Path) -> list[str]:
+    """Figure 1 beside results.md, as links."""
+    fig, scatter = figure1(results, out_dir / "improvement.png",
+                           str(out_dir / "{variant}_probes.png"))
+    lines = [] if fig is None else [f"Accuracy change over {results['reference']} (95% "
+                                    f"intervals): [{fig.name}]({fig.name})"]
+    return lines + [f"Uni-modal probes ({v}): [{p.name}]({p.name})" for v, p in scatter.items()]
 
 
 def run_comparison(spec: dict[str, Any], out_dir: Path, seeds: int = 3,
