@@ -295,3 +295,20 @@ def test_resume_between_stages_equals_uninterrupted(tiny_raw, tmp_path, monkeypa
     for sub in ("", "prerequisites/alone_m0/"):
         assert strip_time(read_jsonl(tmp_path / "cut" / sub / "metrics.jsonl")) == strip_time(
             read_jsonl(tmp_path / "full" / sub / "metrics.jsonl"))
+
+
+class NanStep(Method):
+    """Its own training step, returning a non-finite loss term."""
+
+    def training_step(self, ctx, inputs, labels):
+        return {"ce": torch.tensor(float("nan"))}
+
+
+def test_a_non_finite_loss_of_an_own_training_step_stops_the_run(tiny_raw, tmp_path):
+    from mmrelearn.train import NonFiniteLossError
+
+    tiny_raw["train"].update(epochs=1, monitor_purity=False)
+    trainer = build_trainer(config_from_dict(tiny_raw), tmp_path)
+    trainer.method = NanStep()
+    with pytest.raises(NonFiniteLossError, match="epoch 0.*last good epoch"):
+        trainer.fit()

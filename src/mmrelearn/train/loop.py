@@ -127,6 +127,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over this epoch's loader (the method's :meth:`train_loader`, or train)."""
         loader = self._epoch_loader
+        own_step = type(self.method).training_step is not Method.training_step
         self.model.train()
         sums: dict[str, float] = {}
         n_batches = 0
@@ -137,7 +138,8 @@ class Trainer:
             self.ctx.batch_index = batch[2] if self.method.wants_sample_index else None
             try:
                 terms = self.method.training_step(self.ctx, inputs, labels)
-                check_finite(self.ctx, terms)  # also for a training_step of the method's own
+                if own_step:  # the default step checks before it steps; one sync per batch
+                    check_finite(self.ctx, terms)
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(
                     f"{err}; the run stops here, {self.ckpt_dir / 'last.pt'} holds the last "
