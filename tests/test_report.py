@@ -19,12 +19,21 @@ def test_mean_and_sample_std_by_hand():
     assert rows[0]["train_seconds"] == pytest.approx(10.5)
 
 
+def test_passes_column_counts_prerequisite_runs():
+    old = {**_summary("a-joint", "joint", 0, 0.9), "epochs": 4}  # written before passes
+    new = {**_summary("a-umt", "umt", 0, 0.9), "epochs": 4,
+           "passes": {"run": 4.0, "prerequisites": 8.0, "total": 12.0}}
+    table = markdown_table(aggregate([old, new]))
+    assert "| a-joint | joint | 1 | 4 | 90.00" in table
+    assert "| a-umt | umt | 1 | 12 | 90.00" in table
+
+
 def test_layouts():
     runs = [_summary("clean-joint", "joint", 0, 0.9), _summary("clean-dnr", "dnr", 0, 0.95),
             _summary("noisy-joint", "joint", 0, 0.8)]
     rows = aggregate(runs)
     table = markdown_table(rows, time_reference="joint")
-    assert "| clean-dnr | dnr | 1 | 95.00 ± 0.00 | 85.00 ± 0.00 | 75.00 ± 0.00 | 1.00x |" in table
+    assert "| clean-dnr | dnr | 1 | - | 95.00 ± 0.00 | 85.00 ± 0.00 | 75.00 ± 0.00 | 1.00x |" in table
     paper = paper_table(rows).splitlines()
     assert paper[0] == ("| Method | clean Acc | clean Macro F1 | clean Weighted F1 | noisy Acc | "
                         "noisy Macro F1 | noisy Weighted F1 |")

@@ -27,7 +27,7 @@ from statistics import mean, median
 from typing import Any, Optional
 
 from .config import apply_overrides
-from .report import aggregate, markdown_table, mean_std, paired_markdown
+from .report import aggregate, markdown_table, mean_std, paired_markdown, total_passes
 from .train.checkpoint import atomic_write_text, read_jsonl
 from .train.plots import plot_groups, plot_improvement, plot_probe_scatter
 from .train.run import run_or_reuse  # re-exported: comparisons and scripts train through it
@@ -87,7 +87,8 @@ def comparison_jobs(spec: dict[str, Any], out_dir: Path, seeds: int,
 
 def collect_results(spec: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
     """The ``results.json`` payload: per variant and method, per-seed test metrics (%), probe
-    accuracies (%), the selected epoch's train/val accuracy (%) and seconds by phase."""
+    accuracies (%), the selected epoch's train/val accuracy (%), seconds by phase and passes
+    over the training split (prerequisite runs such as teachers included)."""
     from .probe import probe_run
 
     scarce = set(spec.get("scarce", []))
@@ -106,6 +107,7 @@ def collect_results(spec: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
                 e["selected"].setdefault(f"{split}_acc", []).append(100.0 * s[split]["acc"])
             for k, v in s["seconds"].items():
                 e["timing"].setdefault(f"{k}_s", []).append(v)
+            e.setdefault("passes", []).append(total_passes(s))
             if spec.get("probe", False) and not job.method.startswith("alone_"):
                 for m, r in probe_run(job.run_dir).items():
                     e.setdefault("probe", {}).setdefault(m, []).append(100.0 * r["test_acc"])
@@ -161,7 +163,10 @@ def _variant_report(spec: dict, variant: str, entry: dict, jobs: list[Job], out_
     main = [s for j, s in zip(jobs, summaries) if not j.method.startswith("alone_")]
     methods = entry["methods"]
     lines = [f"## {variant}: {entry['description']}", "",
-             "Test metrics (%) at the epoch selected on validation, mean ± std over seeds:", "",
+             "Test metrics (%) at the epoch selected on validation, mean ± std over seeds; "
+             "passes = passes over the training split the method cost (samples stepped on "
+             "over the split's size, its prerequisite runs such as uni-modal teachers "
+             "included):", "",
              markdown_table(aggregate(summaries)), ""]
     if spec.get("paper_layout"):
         lines[2:2] = ["In the paper's layout (test %, mean ± std over seeds):", "",

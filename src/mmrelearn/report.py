@@ -6,12 +6,12 @@ import json
 import math
 from pathlib import Path
 from statistics import mean, stdev
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from .stats import paired_table
 
 __all__ = ["mean_std", "load_summaries", "aggregate", "markdown_table", "paper_table", "paired_rows",
-           "paired_markdown"]
+           "paired_markdown", "total_passes"]
 
 METRICS = (("acc", "Acc"), ("macro_f1", "Macro F1"), ("weighted_f1", "Weighted F1"))
 
@@ -32,6 +32,15 @@ def load_summaries(run_dirs: Sequence[Union[str, Path]]) -> list[dict[str, Any]]
     return out
 
 
+def total_passes(summary: Mapping[str, Any]) -> Optional[float]:
+    """Passes over the training split a finished run cost, its prerequisites included (a
+    summary written before passes were counted: its epochs; None when it has neither)."""
+    passes = summary.get("passes")
+    if passes:
+        return float(passes["total"])
+    return float(summary["epochs"]) if "epochs" in summary else None
+
+
 def aggregate(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group runs by config name; mean and sample std (n-1) over seeds of each test metric.
 
@@ -48,12 +57,15 @@ def aggregate(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             vals = [100.0 * r["test"][key] for r in runs]
             row[key] = (mean(vals), stdev(vals) if len(vals) > 1 else 0.0)
         row["train_seconds"] = mean(r["train_seconds_total"] for r in runs)
+        passes = [total_passes(r) for r in runs]
+        row["passes"] = None if None in passes else mean(passes)
         rows.append(row)
     return rows
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], time_reference: Optional[str] = None) -> str:
-    """A markdown table: run, method, seeds, then each metric as mean +- std (in %).
+    """A markdown table: run, method, seeds, passes over the training split (mean over seeds;
+    prerequisite runs included), then each metric as mean +- std (in %).
 
     With ``time_reference`` (a method name present in ``rows``), a last column gives each
     row's mean training wall time relative to that method's (compare runs timed together).
@@ -62,14 +74,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], time_reference: Optional[str]
     if time_reference is not None:
         ref = next((r["train_seconds"] for r in rows if r["method"] == time_reference), None)
     titles = [t for _, t in METRICS] + ([f"time / {time_reference}"] if ref else [])
-    lines = ["| run | method | seeds | " + " | ".join(titles) + " |",
-             "|---|---|---|" + "---|" * len(titles)]
+    lines = ["| run | method | seeds | passes | " + " | ".join(titles) + " |",
+             "|---|---|---|---|" + "---|" * len(titles)]
     for r in rows:
         cells = [f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k, _ in METRICS]
         if ref:
             cells.append(f"{r['train_seconds'] / ref:.2f}x")
-        lines.append(f"| {r['name']} | {r['method']} | {len(r['seeds'])} | " + " | ".join(cells)
-                     + " |")
+        lines.append(f"| {r['name']} | {r['method']} | {len(r['seeds'])} | "
+                     f"{'-' if r['passes'] is None else format(r['passes'], 'g')} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

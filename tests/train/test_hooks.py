@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.methods import METHODS
-from mmrelearn.methods.base import Method
+from mmrelearn.methods.base import Method, require_equal_dims
 from mmrelearn.train import build_trainer, train
 from mmrelearn.train.checkpoint import load_checkpoint, read_jsonl
 
@@ -225,6 +225,42 @@ def test_a_per_epoch_training_loader(tiny_raw, tmp_path):
     trainer.method = method = HalfTheData()
     trainer.fit()
     assert method.batches == {0: 4, 1: 2}
+    # passes count the samples stepped on: 120 of 120, then 60 of 120
+    assert [r["passes"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1.0, 0.5]
+
+
+class SharedHead(Method):
+    """Trains one head of its own on every modality's features (as MLA does)."""
+
+    name = "shared_head"
+
+    def extra_modules(self, dims, num_classes):
+        d = require_equal_dims(dims, self.name, "one head shared by every modality")
+        return {"shared": torch.nn.Linear(d, num_classes)}
+
+    def loss_terms(self, ctx, output, labels):
+        head = ctx.model.method_modules["shared"]
+        return {f"ce_{m}": torch.nn.functional.cross_entropy(head(z), labels)
+                for m, z in output.features.items()}
+
+
+def test_extra_modules_are_trained_saved_and_refused_when_unsuitable(tiny_raw, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setitem(METHODS, "shared_head", SharedHead)
+    tiny_raw["method"] = {"name": "shared_head"}
+    tiny_raw["train"].update(epochs=1, monitor_purity=False)
+    trainer = build_trainer(config_from_dict(tiny_raw), tmp_path / "a")
+    head = trainer.model.method_modules["shared"]
+    assert any(p is head.weight for p in trainer.optimizer.param_groups[0]["params"])
+    before = head.weight.detach().clone()
+    train(config_from_dict(tiny_raw), run_dir=tmp_path / "a")
+    best = load_checkpoint(tmp_path / "a/checkpoints/best.pt")
+    assert not torch.equal(best["model"]["method_modules.shared.weight"], before)
+    tiny_raw["model"]["encoders"]["m1"]["hidden"] = [8]  # features of 16 and 8
+    with pytest.raises(ValueError, match=r"shared_head needs one head shared by every "
+                                         r"modality.*\{'m0': 16, 'm1': 8\}"):
+        train(config_from_dict(tiny_raw), run_dir=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 class NeedsAlone(Method):
@@ -263,6 +299,8 @@ def test_prerequisite_runs_are_trained_first_then_reused(tiny_raw, tmp_path, mon
     assert b["test"] == a["test"]
     assert strip_time(read_jsonl(b_dir / "metrics.jsonl")) == strip_time(
         read_jsonl(tmp_path / "a" / "metrics.jsonl"))
+    # its cost counts the prerequisite's epoch: 2 passes of its own + 1
+    assert a["passes"] == {"run": 2.0, "prerequisites": 1.0, "total": 3.0}
 
 
 def test_a_bad_prerequisite_config_fails_before_anything_is_written(tiny_raw, tmp_path,

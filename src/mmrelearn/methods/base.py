@@ -3,6 +3,7 @@
 The trainer runs fixed stages and calls the method at each (order per epoch)::
 
     prerequisites             # runs trained first (e.g. uni-modal teachers), in ctx.extras
+    extra_modules             # modules the method trains, put in model.method_modules
     on_fit_start
     for each epoch:
         on_train_epoch_start
@@ -21,7 +22,10 @@ super-epoch starts from ``ctx.holdout_loader``; AGM and Greedy replace ``forward
 ``on_train_epoch_end``. A method that needs several passes or optimizer steps per batch
 overrides ``training_step``; one that predicts otherwise than with the fused logits overrides
 ``predict``; one whose data change per epoch returns a loader from ``train_loader``; one that
-needs each sample's index sets ``wants_sample_index`` (the index is then ``ctx.batch_index``).
+needs each sample's index sets ``wants_sample_index`` (the index is then ``ctx.batch_index``);
+one that trains modules of its own (a head shared by every modality, an extra layer) returns
+them from ``extra_modules``: they become ``model.method_modules``, so the optimizer, the
+checkpoints and ``mmrelearn eval`` hold them like any other weight.
 An empty dict of loss terms means no backward and no step for that batch.
 """
 from __future__ import annotations
@@ -36,7 +40,8 @@ from torch import nn
 from ..models import ModelOutput
 
 __all__ = ["FitContext", "Method", "METHODS", "register_method", "require_unimodal_heads",
-           "true_class_scores", "NonFiniteLossError", "check_finite"]
+           "true_class_scores", "NonFiniteLossError", "check_finite", "require_equal_dims",
+           "feature_dims"]
 
 Batch = tuple[Mapping[str, torch.Tensor], torch.Tensor]
 
@@ -90,6 +95,13 @@ class Method:
         (e.g. ``{"data": {"modalities": ["audio"]}, "method": {"name": "joint"}}``). The
         runner trains each in ``RUN_DIR/prerequisites/<name>`` (reused when finished, resumed
         when interrupted) and puts the directories in ``ctx.extras["prerequisites"]``."""
+        return {}
+
+    def extra_modules(self, dims: Mapping[str, int], num_classes: int) -> dict[str, nn.Module]:
+        """Modules the method trains besides the model's (e.g. one head shared by every
+        modality), given each modality's feature size ``dims`` (encoder order); they are
+        attached as ``model.method_modules[name]`` before the optimizer is built. Raise
+        ValueError here when the model does not suit the method (nothing is written yet)."""
         return {}
 
     def on_fit_start(self, ctx: FitContext) -> None:
@@ -159,6 +171,22 @@ def require_unimodal_heads(model: nn.Module, method: str) -> None:
     if getattr(model, "unimodal_heads", None) is None:
         raise ValueError(f"{method} needs one linear head per modality; build the model with "
                          f"unimodal_heads=True (the method's model_overrides asks for it)")
+
+
+def feature_dims(model: nn.Module) -> dict[str, int]:
+    """Each modality's feature size ``d_m``, in the order of ``model.encoders``."""
+    return {m: e.out_dim for m, e in model.encoders.items()}
+
+
+def require_equal_dims(dims: Mapping[str, int], method: str, what: str) -> int:
+    """The common feature size of every modality; ValueError naming them when they differ
+    (``what`` says why the method needs it, e.g. "one head shared by every modality")."""
+    sizes = set(dims.values())
+    if len(sizes) != 1:
+        raise ValueError(f"{method} needs {what}, so every modality's features must have the "
+                         f"same size; got {dict(dims)} (give every encoder the same output "
+                         f"size, e.g. the same last hidden width)")
+    return sizes.pop()
 
 
 METHODS: dict[str, type[Method]] = {}

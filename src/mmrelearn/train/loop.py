@@ -124,13 +124,15 @@ class Trainer:
         log.info("resumed %s after epoch %d", self.run_dir, state["epoch"])
 
     # ------------------------------------------------------------ one epoch
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over this epoch's loader (the method's :meth:`train_loader`, or train)."""
+    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
+        """One pass over this epoch's loader (the method's :meth:`train_loader`, or train):
+        the mean loss terms, and the samples stepped on over the training split's size (1 for
+        a plain epoch; more where a method trains on added copies, less where it skips)."""
         loader = self._epoch_loader
         own_step = type(self.method).training_step is not Method.training_step
         self.model.train()
         sums: dict[str, float] = {}
-        n_batches = 0
+        n_batches = n_samples = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    leave=False, disable=not self.cfg.progress, dynamic_ncols=True)
         for batch in bar:
@@ -147,6 +149,7 @@ class Trainer:
             if not terms:  # the method took no step on this batch
                 continue
             self.ctx.step += 1
+            n_samples += len(labels)
             floats = {k: float(v.detach()) for k, v in terms.items()}
             self.method.on_train_batch_end(self.ctx, floats)
             for k, v in floats.items():
@@ -159,7 +162,7 @@ class Trainer:
             self.scheduler.step()
         means = {k: v / max(n_batches, 1) for k, v in sums.items()}
         means["total"] = sum(means.values())
-        return means
+        return means, n_samples / max(len(self.loaders["diag_train"].dataset), 1)
 
     def _evaluate(self, split: str) -> dict[str, float]:
         return evaluate(self.model, self.loaders[split], self.device, self.num_classes,
@@ -199,7 +202,7 @@ class Trainer:
             self.method.on_train_epoch_start(ctx)
             self._epoch_loader = self.method.train_loader(ctx) or self.loaders["train"]
             record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-            record["train"] = self._train_epoch(epoch)
+            record["train"], record["passes"] = self._train_epoch(epoch)
             t1 = time.perf_counter()
             record["val"] = self._evaluate("val")
             if cfg.log_test_every_epoch:  # logged for curves; never read for selection

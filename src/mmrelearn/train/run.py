@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..data import DataBundle, build_data
 from ..methods import METHODS, Method
+from ..methods.base import feature_dims
+from ..report import total_passes
 from ..models import build_model
 from .checkpoint import (atomic_write_text, read_jsonl, remove_temporaries, rng_state,
                          set_rng_state, truncate_jsonl)
@@ -142,7 +144,11 @@ def build_trainer(cfg: Config, run_dir: Path) -> Trainer:
                           f"the data has {data.modalities}")
     encoders = {m: cfg.model.encoders[m] for m in data.modalities}
     torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
-    model = build_model(encoders, data.input_shapes, data.num_classes, **model_kw).to(device)
+    model = build_model(encoders, data.input_shapes, data.num_classes, **model_kw)
+    extra = method.extra_modules(feature_dims(model), data.num_classes)
+    if extra:  # trained, saved and restored with the model (methods/base.py)
+        model.method_modules = torch.nn.ModuleDict(extra)
+    model = model.to(device)
     optimizer = _optimizer(cfg, model.parameters())
     gen = torch.Generator().manual_seed(cfg.seed)
     loaders = _loaders(cfg, data, gen, with_index=method.wants_sample_index)
@@ -220,9 +226,11 @@ def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] =
     t0 = time.perf_counter()
     numbers = trainer.fit()
     summary = _summary(cfg, run_dir, numbers, time.perf_counter() - t0)
-    if done:  # which runs this one used, relative to its directory
+    if done:  # which runs this one used, relative to its directory, and their passes
         summary["prerequisites"] = {name: str(d.relative_to(run_dir))
                                     for name, (_, d) in prerequisites.items()}
+        summary["passes"]["prerequisites"] = sum(total_passes(s) for s in done.values())
+        summary["passes"]["total"] += summary["passes"]["prerequisites"]
     plot_run(run_dir)
     atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
     return summary
@@ -303,10 +311,14 @@ def _phase(record: dict, phase: str) -> float:
 
 def _summary(cfg: Config, run_dir: Path, numbers: dict, seconds: float) -> dict[str, Any]:
     records = read_jsonl(run_dir / "metrics.jsonl")
+    run_passes = sum(r.get("passes", 1.0) for r in records)  # older records: plain epochs
     summary = {"name": cfg.name, "method": cfg.method["name"], "seed": cfg.seed,
                "data": cfg.data["name"], "epochs": cfg.train.epochs, **numbers,
                "fit_seconds_last_process": seconds,  # since the last (re)start
                "train_seconds_total": sum(_phase(r, "total") for r in records),
+               # passes over the training split (samples stepped on / its size), this run's
+               # and with its prerequisite runs (teachers, earlier stages): what it cost
+               "passes": {"run": run_passes, "prerequisites": 0.0, "total": run_passes},
                "seconds": {k: sum(_phase(r, k) for r in records)
                            for k in ("train", "eval", "method")}}
     if records and "test" in records[0]:
