@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
 from mmrelearn.methods import METHODS
-from mmrelearn.methods.base import Method, require_equal_dims
+from mmrelearn.methods.base import Method, feature_dims, require_equal_dims
 from mmrelearn.train import build_trainer, train
 from mmrelearn.train.checkpoint import load_checkpoint, read_jsonl
 
@@ -234,8 +234,8 @@ class SharedHead(Method):
 
     name = "shared_head"
 
-    def extra_modules(self, dims, num_classes):
-        d = require_equal_dims(dims, self.name, "one head shared by every modality")
+    def extra_modules(self, model, num_classes):
+        d = require_equal_dims(feature_dims(model), self.name, "one head shared by every modality")
         return {"shared": torch.nn.Linear(d, num_classes)}
 
     def loss_terms(self, ctx, output, labels):

@@ -97,11 +97,15 @@ class Method:
         when interrupted) and puts the directories in ``ctx.extras["prerequisites"]``."""
         return {}
 
-    def extra_modules(self, dims: Mapping[str, int], num_classes: int) -> dict[str, nn.Module]:
-        """Modules the method trains besides the model's (e.g. one head shared by every
-        modality), given each modality's feature size ``dims`` (encoder order); they are
-        attached as ``model.method_modules[name]`` before the optimizer is built. Raise
-        ValueError here when the model does not suit the method (nothing is written yet)."""
+    def extra_modules(self, model: nn.Module, num_classes: int) -> dict[str, nn.Module]:
+        """Modules the method keeps besides the model's, built from the freshly built model
+        (``feature_dims(model)``; ``copy.deepcopy(model.encoders[m])`` for a teacher of the
+        same architecture): e.g. one head shared by every modality, or frozen teachers whose
+        weights ``on_fit_start`` loads from a prerequisite run. They are attached as
+        ``model.method_modules[name]`` before the optimizer is built, so they are trained
+        (unless their parameters have ``requires_grad=False``), checkpointed, resumed and
+        restored by ``mmrelearn eval`` like the model. Raise ValueError here when the model
+        does not suit the method (nothing is written yet)."""
         return {}
 
     def on_fit_start(self, ctx: FitContext) -> None:

@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..data import DataBundle, build_data
 from ..methods import METHODS, Method
-from ..methods.base import feature_dims
 from ..report import total_passes
 from ..models import build_model
 from .checkpoint import (atomic_write_text, read_jsonl, remove_temporaries, rng_state,
@@ -145,7 +144,7 @@ def build_trainer(cfg: Config, run_dir: Path) -> Trainer:
     encoders = {m: cfg.model.encoders[m] for m in data.modalities}
     torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
     model = build_model(encoders, data.input_shapes, data.num_classes, **model_kw)
-    extra = method.extra_modules(feature_dims(model), data.num_classes)
+    extra = method.extra_modules(model, data.num_classes)
     if extra:  # trained, saved and restored with the model (methods/base.py)
         model.method_modules = torch.nn.ModuleDict(extra)
     model = model.to(device)
