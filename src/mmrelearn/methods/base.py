@@ -2,8 +2,9 @@
 
 The trainer runs fixed stages and calls the method at each (order per epoch)::
 
-    prerequisites             # runs trained first (e.g. uni-modal teachers), in ctx.extras
-    extra_modules             # modules the method trains, put in model.method_modules
+    extra_modules             # modules the method keeps, put in model.method_modules
+    prerequisites             # runs trained first (e.g. uni-modal teachers), in ctx.extras;
+                              # called after extra_modules, which saw the built model
     on_fit_start
     for each epoch:
         on_train_epoch_start
