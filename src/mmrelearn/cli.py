@@ -51,7 +51,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = {"checkpoint": str(ckpt), "epoch": state["epoch"]}
     for split in ("val", "test"):
         out[split] = evaluate(trainer.model, trainer.loaders[split], trainer.device,
-                              trainer.num_classes, trainer.method.predict)
+                              trainer.num_classes, trainer.method.predict, trainer.precision)
     if args.probe:
         from .probe import probe_trainer
 
