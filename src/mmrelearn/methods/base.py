@@ -94,7 +94,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_finite(ctx: FitContext, terms: Mapping[str, torch.Tensor]) -> None:
-    """Raise :class:`NonFiniteLossError` naming every term if their sum is not finite."""
+    """Raise :class:`NonFiniteLossError` naming every term if their sum is not finite.
+
+    One host sync per call: the trainer does not need it (it flags a non-finite loss on the
+    device and stops the run before the epoch is checkpointed); a method that must not step
+    on a non-finite loss may call it."""
     if terms and not torch.isfinite(sum(t.detach() for t in terms.values())):
         values = {k: float(v.detach()) for k, v in terms.items()}
         raise NonFiniteLossError(f"non-finite training loss at epoch {ctx.epoch}, step "
