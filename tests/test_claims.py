@@ -195,6 +195,17 @@ def test_overview_table():
     dnr = next(line for line in text if line.startswith("| dnr |"))
     # d = -4 + JITTER[5 % 4] - JITTER[0]: mean -4.0, differences within +-0.2: "worse"
     assert dnr.startswith("| dnr | 66.00 ± 1.") and "-4.00 [" in dnr and dnr.endswith("worse |")
+    # with passes recorded (teachers included), each variant gets their mean over seeds
+    res = _bad()
+    for e in res["variants"]["scarce"]["methods"].values():
+        e["passes"] = [60.0] * len(e["seeds"])
+    res["variants"]["scarce"]["methods"]["dnr"]["passes"] = [180.0] * 5
+    text = overview_markdown([res]).splitlines()
+    assert text[2] == "| method | scarce Acc | scarce passes | scarce Δ vs joint [95% CI], verdict |"
+    assert next(line for line in text if line.startswith("| joint |")) == (
+        "| joint | 70.00 ± 1.60 (5) | 60 | reference |")
+    dnr = next(line for line in text if line.startswith("| dnr |"))
+    assert dnr.startswith("| dnr | 66.00 ± 1.") and dnr.split(" | ")[2] == "180"
 
 
 def test_two_methods_pair_over_their_common_seeds():

@@ -237,33 +237,38 @@ def claims_markdown(evaluation: dict[str, list], command: str, alpha: float = 0.
 
 def overview_markdown(results: Sequence[dict[str, Any]], alpha: float = 0.05,
                       level: float = 0.95) -> str:
-    """Per task: every method's test accuracy (mean ± std, seeds) and its paired difference
-    to the reference per variant (interval and verdict); runs of one modality alone listed
-    after the methods."""
+    """Per task: every method's test accuracy (mean ± std, seeds), its passes over the
+    training split (mean over seeds, prerequisite runs included; when the results record
+    them) and its paired difference to the reference per variant (interval and verdict);
+    runs of one modality alone listed after the methods."""
     lines = []
     for res in results:
         ref, variants = res["reference"], res["variants"]
+        passes = any("passes" in e for var in variants.values() for e in var["methods"].values())
+        head = (" | {v} passes" if passes else "")
         lines += ["", f"### {res['task']}", "",
-                  "| method | " + " | ".join(f"{v} Acc | {v} Δ vs {ref} [95% CI], verdict"
-                                             for v in variants) + " |",
-                  "|---|" + "---|---|" * len(variants)]
+                  "| method | " + " | ".join(f"{v} Acc{head.format(v=v)} | {v} Δ vs {ref} "
+                                             f"[95% CI], verdict" for v in variants) + " |",
+                  "|---|" + ("---|---|---|" if passes else "---|---|") * len(variants)]
         methods = [m for m in next(iter(variants.values()))["methods"]]
         for m in methods:
             cells = []
             for var in variants.values():
                 e = var["methods"].get(m)
                 if e is None:
-                    cells += ["-", "-"]
+                    cells += ["-", "-"] + (["-"] if passes else [])
                     continue
-                acc = f"{mean_std(e['test']['acc'])} ({len(e['seeds'])})"
+                cells.append(f"{mean_std(e['test']['acc'])} ({len(e['seeds'])})")
+                if passes:
+                    cells.append(f"{mean(e['passes']):g}" if "passes" in e else "-")
                 if m == ref:
-                    cells += [acc, "reference"]
+                    cells.append("reference")
                     continue
                 r = paired_table({m: _by_seed(e, "test", "acc"),
                                   ref: _by_seed(var["methods"][ref], "test", "acc")},
                                  ref, level)[m]
                 ci = "-" if math.isnan(r.low) else f"[{r.low:+.2f}, {r.high:+.2f}]"
-                cells += [acc, f"{r.mean:+.2f} {ci}, {r.verdict(alpha)}"]
+                cells.append(f"{r.mean:+.2f} {ci}, {r.verdict(alpha)}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines).lstrip("\n")
 

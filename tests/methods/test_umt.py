@@ -15,7 +15,8 @@ import yaml
 
 from mmrelearn.cli import main
 from mmrelearn.config import config_from_dict
-from mmrelearn.methods.umt import UMT, teacher_weights
+from mmrelearn.methods.base import unimodal_weights as teacher_weights
+from mmrelearn.methods.umt import UMT
 from mmrelearn.models import ModelOutput
 from mmrelearn.train import RunExistsError, build_trainer, train
 from mmrelearn.train.checkpoint import load_checkpoint, read_jsonl

@@ -45,7 +45,7 @@ from ..precision import Precision
 
 __all__ = ["FitContext", "Method", "METHODS", "register_method", "require_unimodal_heads",
            "true_class_scores", "NonFiniteLossError", "check_finite", "require_equal_dims",
-           "feature_dims", "check_run_options"]
+           "feature_dims", "check_run_options", "unimodal_weights"]
 
 Batch = tuple[Mapping[str, torch.Tensor], torch.Tensor]
 
@@ -251,6 +251,23 @@ def require_equal_dims(dims: Mapping[str, int], method: str, what: str) -> int:
                          f"same size; got {dict(dims)} (give every encoder the same output "
                          f"size, e.g. the same last hidden width)")
     return sizes.pop()
+
+
+def unimodal_weights(run_dir: Any, modality: str, map_location: Any = None
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(encoder, head) state dicts of the uni-modal run in ``run_dir`` (a prerequisite such as
+    a teacher), from its ``checkpoints/best.pt``: the epoch its validation selected; its head
+    is Linear(d_m, C) on the one encoder's features."""
+    from pathlib import Path
+
+    from ..train.checkpoint import load_checkpoint  # not at import: train imports methods
+
+    state = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt",
+                            map_location=map_location)["model"]
+    prefix = f"encoders.{modality}."
+    encoder = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    return encoder, head
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -10,7 +10,6 @@ fit, phase 2 fine-tunes every learner on CE(F). Each phase has a new SGD optimiz
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -18,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, check_choice, check_number
-from .base import (FitContext, Method, feature_dims, register_method,
-                   require_equal_dims)
+from .base import (FitContext, Method, feature_dims, register_method, require_equal_dims,
+                   unimodal_weights)
 
 __all__ = ["ReconBoost", "BoostRate", "shared_head", "true_class_prob", "boosting_loss",
            "stage_of"]
@@ -186,21 +185,15 @@ class ReconBoost(Method):
 
     def _load_pretrained(self, ctx: FitContext) -> None:
         """Each encoder and its fc from its prerequisite's ``checkpoints/best.pt``."""
-        from ..train.checkpoint import load_checkpoint  # not at import: train imports methods
-
         dirs = ctx.extras.get("prerequisites", {})
         for m, enc in ctx.model.encoders.items():
             if f"pretrain_{m}" not in dirs:
                 raise ValueError(f"reconboost (pretrain true) needs the prerequisite run "
                                  f"'pretrain_{m}'; train through mmrelearn.train.train, or set "
                                  f"method.pretrain false")
-            path = Path(dirs[f"pretrain_{m}"]) / "checkpoints" / "best.pt"
-            state = load_checkpoint(path, map_location=ctx.device)["model"]
-            prefix = f"encoders.{m}."
-            enc.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                 if k.startswith(prefix)})
-            ctx.model.method_modules["pretrained_fc"][m].load_state_dict(
-                {"weight": state["head.weight"], "bias": state["head.bias"]})
+            encoder, head = unimodal_weights(dirs[f"pretrain_{m}"], m, ctx.device)
+            enc.load_state_dict(encoder)
+            ctx.model.method_modules["pretrained_fc"][m].load_state_dict(head)
         log.info("reconboost: encoders and fcs loaded from %s", sorted(dirs))
 
     # ------------------------------------------------------------ the ensemble

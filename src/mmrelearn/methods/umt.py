@@ -12,7 +12,6 @@ prerequisites and the one-time load of their weights) is shared with UME (``ume.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
@@ -21,9 +20,9 @@ from torch import nn
 
 from ..config import check_choice, check_number
 from ..models import ModelOutput
-from .base import FitContext, Method, register_method
+from .base import FitContext, Method, register_method, unimodal_weights
 
-__all__ = ["UMT", "TeacherRuns", "teacher_weights", "frozen"]
+__all__ = ["UMT", "TeacherRuns", "frozen"]
 
 
 def frozen(module: nn.Module) -> nn.Module:
@@ -31,19 +30,6 @@ def frozen(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
-
-
-def teacher_weights(run_dir: Path, modality: str) -> tuple[dict[str, torch.Tensor],
-                                                           dict[str, torch.Tensor]]:
-    """(encoder, head) state dicts of the uni-modal run in ``run_dir``, from its
-    ``checkpoints/best.pt`` (the epoch its validation selected); the head is Linear(d_m, C)."""
-    from ..train.checkpoint import load_checkpoint  # not at import: train imports methods
-
-    state = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")["model"]
-    prefix = f"encoders.{modality}."
-    encoder = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
-    return encoder, head
 
 
 class TeacherRuns(Method):
@@ -91,7 +77,7 @@ class TeacherRuns(Method):
             raise ValueError(f"{self.name} needs its teacher runs {missing} (prerequisites); "
                              f"train it with mmrelearn.train.train or `mmrelearn train`")
         for m in ctx.model.encoders:
-            encoder, head = teacher_weights(runs[f"teacher_{m}"], m)
+            encoder, head = unimodal_weights(runs[f"teacher_{m}"], m)
             self.load_teacher(ctx.model, m, encoder, head)
         self.loaded = True
 
