@@ -64,6 +64,15 @@ class FitContext:
     step: int = 0  # training batches stepped so far, over the whole run
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. "prerequisites": name -> dir
     batch_index: Optional[torch.Tensor] = None  # sample indices of the batch (if wanted)
+    # under torchrun (mmrelearn/distributed.py): the model in DDP for the training step, and
+    # this process's share n_local / n_global of the current batch (1.0 in one process)
+    ddp: Optional[Callable[[Callable[[], Any]], Any]] = None
+    batch_share: float = 1.0
+
+    def forward_terms(self, step: Callable[[], Any]) -> Any:
+        """``step()`` (a forward and its loss terms); under DDP through the wrapped model, so
+        that the backward of the terms averages every gradient they depend on over ranks."""
+        return step() if self.ddp is None else self.ddp(step)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,6 +95,10 @@ class Method:
     holdout_fraction: float = 0.0
     #: training batches carry each sample's index in the training split (``ctx.batch_index``)
     wants_sample_index: bool = False
+    #: runs under DDP (torchrun, several processes): every batch statistic it reads (scores,
+    #: prototypes, running means) is reduced over ranks (``mmrelearn.distributed``), so every
+    #: rank applies the same coefficients. False: refused there before the first epoch.
+    supports_ddp: bool = False
 
     def model_overrides(self) -> dict[str, Any]:
         """Model options the method needs (e.g. ``{"unimodal_heads": True}``)."""
@@ -125,8 +138,7 @@ class Method:
         """One training batch: forward, loss terms, backward, ``on_before_optimizer_step``
         and the optimizer step. Returns the loss terms (logged); ``{}`` when the batch took
         no step. Override it to own several passes or optimizer steps per batch."""
-        output = self.forward(ctx, inputs)
-        terms = self.loss_terms(ctx, output, labels)
+        terms = ctx.forward_terms(lambda: self.loss_terms(ctx, self.forward(ctx, inputs), labels))
         if not terms:
             return {}
         check_finite(ctx, terms)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed as dist
 from ..config import TrainConfig
 from ..diagnose import cluster_purity, purity_gap
 from ..methods.base import FitContext, Method, NonFiniteLossError, check_finite
@@ -48,20 +49,26 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_class
     """Loss, accuracy, macro F1 and weighted F1 of ``model`` over ``loader`` (eval mode).
 
     ``predict(model, inputs) -> logits`` defaults to the fused logits; a method's
-    :meth:`~mmrelearn.methods.base.Method.predict` goes here.
+    :meth:`~mmrelearn.methods.base.Method.predict` goes here. Under DDP, over a loader whose
+    batches are dealt to the ranks, every rank returns the whole split's numbers.
     """
     predict = predict or _fused_logits
     was_training = model.training
     model.eval()
-    preds, labels, loss_sum = [], [], 0.0
+    preds, labels, losses = [], [], []
     for inputs, y in loader:
         y = y.to(device)
         logits = predict(model, _to(inputs, device))
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        losses.append(loss.detach().double().reshape(1).cpu())  # each batch's sum, exact
         preds.append(logits.argmax(1).cpu())
         labels.append(y.cpu())
     model.train(was_training)
-    y_true, y_pred = torch.cat(labels).numpy(), torch.cat(preds).numpy()
+    y_true = dist.gather_batches(loader, labels).numpy()
+    y_pred = dist.gather_batches(loader, preds).numpy()
+    loss_sum = 0.0
+    for value in dist.gather_batches(loader, losses).tolist():  # batch order, as one process
+        loss_sum += value
     out = classification_metrics(y_true, y_pred, num_classes)
     out["loss"] = loss_sum / max(len(y_true), 1)
     return out
@@ -94,13 +101,17 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _save_last(self, epoch: int) -> None:
-        atomic_save({
+        state = {
             "epoch": epoch, "step": self.ctx.step, "best": self.best,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "method": self.method.state_dict(), "rng": rng_state(),
             "train_generator": self.gen.get_state(),
-        }, self.ckpt_dir / "last.pt")
+        }
+        if dist.world_size() > 1:  # every rank's RNG (dropout streams differ), rank 0 writes
+            state["rng_ranks"] = dist.gather_objects(state["rng"])
+        if dist.is_main():
+            atomic_save(state, self.ckpt_dir / "last.pt")
 
     def resume(self) -> None:
         """Load ``checkpoints/last.pt`` and continue after the epoch it completed."""
@@ -114,12 +125,13 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []  # saved under DDP with this many processes
+        set_rng_state(ranks[dist.rank()] if len(ranks) == dist.world_size() else state["rng"])
         self.gen.set_state(state["train_generator"])
         self.ctx.step, self.best = state["step"], state["best"]
         self.start_epoch = state["epoch"] + 1
         # Lines written for an epoch that crashed before its checkpoint are dropped.
-        for name in ("metrics.jsonl", "reports.jsonl"):
+        for name in ("metrics.jsonl", "reports.jsonl") if dist.is_main() else ():
             truncate_jsonl(self.run_dir / name, state["epoch"])
         log.info("resumed %s after epoch %d", self.run_dir, state["epoch"])
 
@@ -133,10 +145,11 @@ class Trainer:
         self.model.train()
         sums: dict[str, float] = {}
         n_batches = n_samples = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                   leave=False, disable=not self.cfg.progress, dynamic_ncols=True)
-        for batch in bar:
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not self.cfg.progress or not dist.is_main(), dynamic_ncols=True)
+        for i, batch in enumerate(bar):
             inputs, labels = _to(batch[0], self.device), batch[1].to(self.device)
+            self.ctx.batch_share = share = dist.batch_share(loader, i, len(labels))
             self.ctx.batch_index = batch[2] if self.method.wants_sample_index else None
             try:
                 terms = self.method.training_step(self.ctx, inputs, labels)
@@ -152,12 +165,15 @@ class Trainer:
             n_samples += len(labels)
             floats = {k: float(v.detach()) for k, v in terms.items()}
             self.method.on_train_batch_end(self.ctx, floats)
-            for k, v in floats.items():
-                sums[k] = sums.get(k, 0.0) + v
+            for k, v in floats.items():  # under DDP: this rank's part of the batch's mean
+                sums[k] = sums.get(k, 0.0) + v * share
             n_batches += 1
             if self.cfg.progress:
                 bar.set_postfix(loss=f"{sum(floats.values()):.4f}")  # no extra device sync
-        self.ctx.batch_index = None
+        self.ctx.batch_index, self.ctx.batch_share = None, 1.0
+        sums = dist.reduce_floats({**sums, "": n_samples})  # the global batches' (DDP)
+        n_samples = sums.pop("")
+        dist.sync_buffers(self.model)  # rank 0's BatchNorm statistics, before evaluation
         if self.scheduler is not None:
             self.scheduler.step()
         means = {k: v / max(n_batches, 1) for k, v in sums.items()}
@@ -184,9 +200,10 @@ class Trainer:
             feats, y = extract_features(
                 self.model.encoders, model_features(self.model, self.device),
                 self.loaders["test"], self.device, max_samples=self.cfg.monitor_max_samples)
-            for m, f in feats.items():
-                out[m]["test"] = cluster_purity(f, y, self.num_classes,
-                                                n_init=self.cfg.monitor_n_init)
+            test = dist.from_main(lambda: {m: cluster_purity(
+                f, y, self.num_classes, n_init=self.cfg.monitor_n_init) for m, f in feats.items()})
+            for m, p in test.items():
+                out[m]["test"] = p
         return out
 
     # ------------------------------------------------------------ the loop
@@ -194,8 +211,12 @@ class Trainer:
         """Train from ``start_epoch`` to the end; return the per-run summary numbers."""
         cfg, ctx = self.cfg, self.ctx
         self.method.on_fit_start(ctx)
+        if dist.world_size() > 1:  # torchrun: the training step through DDP
+            ctx.ddp = dist.DDPStep(self.model, self.device, lambda: ctx.batch_share)
+        main = dist.is_main()  # rank 0 alone writes the run directory
         select = cfg.select_metric.removeprefix("val_")
-        loggers = RunLoggers(cfg.loggers, self.run_dir, self.start_epoch)  # csv, tensorboard
+        loggers = RunLoggers(cfg.loggers if main else [], self.run_dir,
+                             self.start_epoch)  # csv, tensorboard
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             ctx.epoch = epoch
@@ -214,7 +235,8 @@ class Trainer:
                 best = {"epoch": epoch, "model": self.model.state_dict()}
                 if self._predict_uses_state():
                     best["method"] = self.method.state_dict()
-                atomic_save(best, self.ckpt_dir / "best.pt")
+                if main:
+                    atomic_save(best, self.ckpt_dir / "best.pt")
             t2 = time.perf_counter()
             report = self.method.on_train_epoch_end(ctx)
             t3 = time.perf_counter()
@@ -224,14 +246,18 @@ class Trainer:
             record["time_s"] = {"total": t3 - t0, "train": t1 - t0, "eval": t2 - t1,
                                 "method": t3 - t2}
             if report is not None:
-                append_jsonl({"epoch": epoch, **report}, self.run_dir / "reports.jsonl")
+                if main:
+                    append_jsonl({"epoch": epoch, **report}, self.run_dir / "reports.jsonl")
                 record["report"] = report
-            append_jsonl(record, self.run_dir / "metrics.jsonl")
+            if main:
+                append_jsonl(record, self.run_dir / "metrics.jsonl")
             loggers.log(record)
             self._save_last(epoch)
+            dist.barrier()  # rank 0's files are written before any rank reads them
             log.info("epoch %d: loss %.4f val acc %.4f", epoch, record["train"]["total"],
                      record["val"]["acc"])
         loggers.close()
+        ctx.ddp = None
         self.method.on_fit_end(ctx)
         return self._final_numbers()
 
