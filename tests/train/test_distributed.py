@@ -33,7 +33,8 @@ pytestmark = pytest.mark.skipif(
 
 WORKER = Path(ddp_worker.__file__)
 METHODS = {"joint": {}, "dnr": {"lam": 3.0, "every": 2}, "ogm_ge": {"conv_only": False},
-           "pmr": {}, "agm": {}, "gblending": {"super_epoch": 2}}
+           "pmr": {}, "agm": {}, "gblending": {"super_epoch": 2}, "mmcosine": {},
+           "umt": {"teacher_epochs": 2}}
 RES = {"type": "resnet18", "width": 2, "small_input": True}
 GREEDY = {"name": "greedy_tiny", "seed": 0,
           "data": {"name": "tiny_images", "num_samples": 64, "val_fraction": 0.25,
@@ -84,7 +85,9 @@ def job(tmp_path_factory):
     runs += [{"name": "odd", "raw": odd, "run_dir": str(root / "runs" / "odd"),
               "expect_error": True},
              {"name": "mla", "raw": _raw("mla"), "run_dir": str(root / "runs" / "mla"),
-              "expect_error": True}]
+              "expect_error": True},
+             {"name": "nce", "raw": _raw("mmcosine", lam=0.5),  # NCE pairs within a batch
+              "run_dir": str(root / "runs" / "nce"), "expect_error": True}]
     (root / "out").mkdir()
     spec = {"out": str(root / "out"), "audit": str(root / "runs"), "runs": runs,
             "hang_after_s": 200}
@@ -222,7 +225,9 @@ def test_bad_runs_are_refused_on_every_rank_before_anything_is_written(job):
         assert "train.batch_size is the global batch" in odd and "33 is not divisible by 2" in odd
         mla = (job / "out" / f"mla_rank{r}.err").read_text()
         assert "method.name: 'mla' is not supported under DDP" in mla and "'ogm_ge'" in mla
-    assert not (job / "runs/odd").exists() and not (job / "runs/mla").exists()
+        nce = (job / "out" / f"nce_rank{r}.err").read_text()
+        assert "method.name: 'mmcosine' is not supported under DDP" in nce
+    assert not any((job / "runs" / n).exists() for n in ("odd", "mla", "nce"))
 
 
 def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
