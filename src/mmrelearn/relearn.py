@@ -205,6 +205,9 @@ def measure_purities(
 ) -> tuple[dict[str, tuple[float, float]], int, int]:
     """P_train and P_val (Eq. 3) of every modality; also the numbers of samples clustered.
 
+    With several processes (``torch.distributed`` initialised) rank 0 clusters and every rank
+    receives its numbers: call it on every rank.
+
     Returns ``({modality: (p_train, p_val)}, n_train, n_val)``.
     """
     kw = dict(max_samples=max_samples, sample_seed=sample_seed)

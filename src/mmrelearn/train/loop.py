@@ -64,8 +64,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_class
         preds.append(logits.argmax(1).cpu())
         labels.append(y.cpu())
     model.train(was_training)
-    y_true = dist.gather_batches(loader, labels).numpy()
-    y_pred = dist.gather_batches(loader, preds).numpy()
+    # .cpu(): a rank holding no batch gets the gathered tensors on NCCL's device
+    y_true = dist.gather_batches(loader, labels).cpu().numpy()
+    y_pred = dist.gather_batches(loader, preds).cpu().numpy()
     loss_sum = 0.0
     for value in dist.gather_batches(loader, losses).tolist():  # batch order, as one process
         loss_sum += value
