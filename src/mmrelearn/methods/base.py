@@ -69,11 +69,6 @@ class FitContext:
     ddp: Optional[Callable[[Callable[[], Any]], Any]] = None
     batch_share: float = 1.0
 
-    def forward_terms(self, step: Callable[[], Any]) -> Any:
-        """``step()`` (a forward and its loss terms); under DDP through the wrapped model, so
-        that the backward of the terms averages every gradient they depend on over ranks."""
-        return step() if self.ddp is None else self.ddp(step)
-
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
@@ -138,7 +133,13 @@ class Method:
         """One training batch: forward, loss terms, backward, ``on_before_optimizer_step``
         and the optimizer step. Returns the loss terms (logged); ``{}`` when the batch took
         no step. Override it to own several passes or optimizer steps per batch."""
-        terms = ctx.forward_terms(lambda: self.loss_terms(ctx, self.forward(ctx, inputs), labels))
+        def step() -> dict[str, torch.Tensor]:
+            return self.loss_terms(ctx, self.forward(ctx, inputs), labels)
+
+        # under DDP through the wrapped model, so that the backward of the terms averages
+        # every gradient they depend on over the ranks (a bare test context has no ddp)
+        ddp = getattr(ctx, "ddp", None)
+        terms = step() if ddp is None else ddp(step)
         if not terms:
             return {}
         check_finite(ctx, terms)
