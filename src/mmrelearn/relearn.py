@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from . import distributed
 from .config import check_choice, check_number
 from .diagnose import STRENGTH_FUNCTIONS, cluster_purity, purity_gap, reinit_strength
 
@@ -161,7 +162,9 @@ def extract_features(
     """Every modality's features over ``loader``, encoders in eval mode, without gradients.
 
     Returns ``({modality: (N, d)}, (N,) labels)``; with ``max_samples`` a seeded random subset.
-    The encoders' train/eval modes are restored afterwards.
+    The encoders' train/eval modes are restored afterwards. Under DDP, over a loader whose
+    batches are dealt to the ranks (``mmrelearn.distributed``), each rank encodes its batches
+    and every rank gets all of them, in the single process's order.
     """
     feats: dict[str, list[torch.Tensor]] = {m: [] for m in encoders}
     labels = []
@@ -177,8 +180,8 @@ def extract_features(
     finally:
         for m, e in encoders.items():
             e.train(modes[m])
-    out = {m: torch.cat(v) for m, v in feats.items()}
-    y = torch.cat(labels)
+    out = {m: distributed.gather_batches(loader, v) for m, v in feats.items()}
+    y = distributed.gather_batches(loader, labels)
     if max_samples is not None and y.numel() > max_samples:
         gen = torch.Generator().manual_seed(sample_seed)
         keep = torch.randperm(y.numel(), generator=gen)[:max_samples].to(y.device)
@@ -202,14 +205,19 @@ def measure_purities(
 ) -> tuple[dict[str, tuple[float, float]], int, int]:
     """P_train and P_val (Eq. 3) of every modality; also the numbers of samples clustered.
 
+    With several processes (``torch.distributed`` initialised) rank 0 clusters and every rank
+    receives its numbers: call it on every rank.
+
     Returns ``({modality: (p_train, p_val)}, n_train, n_val)``.
     """
     kw = dict(max_samples=max_samples, sample_seed=sample_seed)
     f_tr, y_tr = extract_features(encoders, features, train_loader, device, **kw)
     f_va, y_va = extract_features(encoders, features, val_loader, device, **kw)
     km = dict(seed=seed, n_init=n_init, scale=scale)
-    out = {m: (cluster_purity(f_tr[m], y_tr, num_classes, **km),
-               cluster_purity(f_va[m], y_va, num_classes, **km)) for m in encoders}
+    # under DDP rank 0 clusters and every rank receives its numbers: the same alphas for all
+    out = distributed.from_main(lambda: {
+        m: (cluster_purity(f_tr[m], y_tr, num_classes, **km),
+            cluster_purity(f_va[m], y_va, num_classes, **km)) for m in encoders})
     return out, int(y_tr.numel()), int(y_va.numel())
 
 

@@ -68,6 +68,10 @@ class FitContext:
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. "prerequisites": name -> dir
     batch_index: Optional[torch.Tensor] = None  # sample indices of the batch (if wanted)
     precision: Precision = field(default_factory=Precision)  # train.precision (default 32)
+    # under torchrun (mmrelearn/distributed.py): the model in DDP for the training step, and
+    # this process's share n_local / n_global of the current batch (1.0 in one process)
+    ddp: Optional[Callable[[Callable[[], Any]], Any]] = None
+    batch_share: float = 1.0
 
     def autocast(self):
         """Context of a training forward pass and its loss at the run's precision (bf16 or
@@ -120,6 +124,10 @@ class Method:
     #: ``train.compile`` may compile the model's forward for this method; None: yes unless
     #: the method replaces ``forward`` or ``training_step`` (its passes bypass that forward)
     compilable: Optional[bool] = None
+    #: runs under DDP (torchrun, several processes): every batch statistic it reads (scores,
+    #: prototypes, running means) is reduced over ranks (``mmrelearn.distributed``), so every
+    #: rank applies the same coefficients. False: refused there before the first epoch.
+    supports_ddp: bool = False
 
     def model_overrides(self) -> dict[str, Any]:
         """Model options the method needs (e.g. ``{"unimodal_heads": True}``)."""
@@ -163,9 +171,14 @@ class Method:
         :attr:`own_step_scales_loss` for 16-mixed). A non-finite loss is not checked here
         (that would sync the host every step): the trainer flags it on the device and stops
         the run before the epoch is checkpointed."""
-        with ctx.autocast():
-            output = self.forward(ctx, inputs)
-            terms = self.loss_terms(ctx, output, labels)
+        def step() -> dict[str, torch.Tensor]:
+            with ctx.autocast():
+                return self.loss_terms(ctx, self.forward(ctx, inputs), labels)
+
+        # under DDP through the wrapped model, so that the backward of the terms averages
+        # every gradient they depend on over the ranks (a bare test context has no ddp)
+        ddp = getattr(ctx, "ddp", None)
+        terms = step() if ddp is None else ddp(step)
         if not terms:
             return {}
         ctx.optimizer.zero_grad(set_to_none=True)

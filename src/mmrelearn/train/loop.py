@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed as dist
 from ..config import TrainConfig
 from ..diagnose import cluster_purity, purity_gap
 from ..methods.base import FitContext, Method, NonFiniteLossError, check_run_options
@@ -51,24 +52,31 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_class
 
     ``predict(model, inputs) -> logits`` defaults to the fused logits; a method's
     :meth:`~mmrelearn.methods.base.Method.predict` goes here. It runs under ``precision``'s
-    autocast (none by default); the loss is computed from float32 logits.
+    autocast (none by default); the loss is computed from float32 logits. Under DDP, over a
+    loader whose batches are dealt to the ranks, every rank returns the whole split's numbers.
     """
     predict = predict or _fused_logits
     precision = precision or Precision()
     was_training = model.training
     model.eval()
-    # kept on the device and read once at the end (float64, as Python floats summed them)
-    preds, labels = [], []
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    # kept on the device and read once at the end; each batch's loss sum in float64
+    preds, labels, losses = [], [], []
     for inputs, y in loader:
         y = y.to(device)
         with precision.autocast():
             logits = predict(model, _to(inputs, device)).float()  # a no-op at precision 32
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+        loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        losses.append(loss.detach().double().reshape(1))
         preds.append(logits.argmax(1))
         labels.append(y)
     model.train(was_training)
-    y_true, y_pred = torch.cat(labels).cpu().numpy(), torch.cat(preds).cpu().numpy()
+    # gathered in batch order under DDP (.cpu(): a rank holding no batch gets them on NCCL's
+    # device); one process: the local concatenation
+    y_true = dist.gather_batches(loader, labels).cpu().numpy()
+    y_pred = dist.gather_batches(loader, preds).cpu().numpy()
+    loss_sum = 0.0
+    for value in dist.gather_batches(loader, losses).tolist():  # batch order, as one process
+        loss_sum += value
     out = classification_metrics(y_true, y_pred, num_classes)
     out["loss"] = float(loss_sum) / max(len(y_true), 1)
     return out
@@ -82,11 +90,12 @@ class _DeviceSums:
         self.device, self.sums = device, {}
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
 
-    def add(self, terms: Mapping[str, torch.Tensor], step: int) -> None:
+    def add(self, terms: Mapping[str, torch.Tensor], step: int, share: float = 1.0) -> None:
+        """Add one batch's terms, weighted by this process's ``share`` of it (DDP)."""
         for k, v in terms.items():  # float64, as the Python floats summed before
             if k not in self.sums:
                 self.sums[k] = torch.zeros((), dtype=torch.float64, device=self.device)
-            self.sums[k] += v.detach()
+            self.sums[k] += v.detach() if share == 1.0 else v.detach().double() * share
         bad = ~torch.isfinite(sum(v.detach() for v in terms.values()))
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
 
@@ -137,7 +146,10 @@ class Trainer:
         }
         if self.precision.scaler is not None:  # 16-mixed: the loss scale goes on
             state["grad_scaler"] = self.precision.state_dict()
-        atomic_save(state, self.ckpt_dir / "last.pt")
+        if dist.world_size() > 1:  # every rank's RNG (dropout streams differ), rank 0 writes
+            state["rng_ranks"] = dist.gather_objects(state["rng"])
+        if dist.is_main():
+            atomic_save(state, self.ckpt_dir / "last.pt")
 
     def resume(self) -> None:
         """Load ``checkpoints/last.pt`` and continue after the epoch it completed."""
@@ -151,13 +163,14 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []  # saved under DDP with this many processes
+        set_rng_state(ranks[dist.rank()] if len(ranks) == dist.world_size() else state["rng"])
         self.gen.set_state(state["train_generator"])
         self.precision.load_state_dict(state.get("grad_scaler"))
         self.ctx.step, self.best = state["step"], state["best"]
         self.start_epoch = state["epoch"] + 1
         # Lines written for an epoch that crashed before its checkpoint are dropped.
-        for name in ("metrics.jsonl", "reports.jsonl"):
+        for name in ("metrics.jsonl", "reports.jsonl") if dist.is_main() else ():
             truncate_jsonl(self.run_dir / name, state["epoch"])
         log.info("resumed %s after epoch %d", self.run_dir, state["epoch"])
 
@@ -175,10 +188,12 @@ class Trainer:
         acc = _DeviceSums(self.device)
         n_batches = n_samples = 0
         sums: dict[str, float] = {}
-        bar = tqdm(self._epoch_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                   leave=False, disable=not self.cfg.progress, dynamic_ncols=True)
-        for batch in bar:
+        loader = self._epoch_loader
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not self.cfg.progress or not dist.is_main(), dynamic_ncols=True)
+        for i, batch in enumerate(bar):
             inputs, labels = _to(batch[0], self.device), batch[1].to(self.device)
+            self.ctx.batch_share = share = dist.batch_share(loader, i, len(labels))
             self.ctx.batch_index = batch[2] if self.method.wants_sample_index else None
             try:
                 terms = self.method.training_step(self.ctx, inputs, labels)
@@ -186,7 +201,7 @@ class Trainer:
                 self._stop(str(err))
             if not terms:  # the method took no step on this batch
                 continue
-            acc.add(terms, self.ctx.step)
+            acc.add(terms, self.ctx.step, share)  # under DDP: this rank's part of the mean
             self.ctx.step += 1
             n_samples += len(labels)
             if floats_wanted:  # one sync per batch, only for a method that reads them
@@ -195,9 +210,12 @@ class Trainer:
             n_batches += 1
             if n_batches % self.cfg.progress_every == 0:
                 sums = self._read(acc, epoch, n_batches, bar)
-        self.ctx.batch_index = None
+        self.ctx.batch_index, self.ctx.batch_share = None, 1.0
         if n_batches % self.cfg.progress_every:  # steps since the last read
             sums = self._read(acc, epoch, n_batches, bar)
+        sums = dist.reduce_floats({**sums, "": n_samples})  # the global batches' (DDP)
+        n_samples = sums.pop("")
+        dist.sync_buffers(self.model)  # rank 0's BatchNorm statistics, before evaluation
         if self.scheduler is not None:
             self.scheduler.step()
         means = {k: v / max(n_batches, 1) for k, v in sums.items()}
@@ -241,9 +259,10 @@ class Trainer:
             feats, y = extract_features(
                 self.model.encoders, model_features(self.model, self.device),
                 self.loaders["test"], self.device, max_samples=self.cfg.monitor_max_samples)
-            for m, f in feats.items():
-                out[m]["test"] = cluster_purity(f, y, self.num_classes,
-                                                n_init=self.cfg.monitor_n_init)
+            test = dist.from_main(lambda: {m: cluster_purity(
+                f, y, self.num_classes, n_init=self.cfg.monitor_n_init) for m, f in feats.items()})
+            for m, p in test.items():
+                out[m]["test"] = p
         return out
 
     # ------------------------------------------------------------ the loop
@@ -251,8 +270,12 @@ class Trainer:
         """Train from ``start_epoch`` to the end; return the per-run summary numbers."""
         cfg, ctx = self.cfg, self.ctx
         self.method.on_fit_start(ctx)
+        if dist.world_size() > 1:  # torchrun: the training step through DDP
+            ctx.ddp = dist.DDPStep(self.model, self.device, lambda: ctx.batch_share)
+        main = dist.is_main()  # rank 0 alone writes the run directory
         select = cfg.select_metric.removeprefix("val_")
-        loggers = RunLoggers(cfg.loggers, self.run_dir, self.start_epoch)  # csv, tensorboard
+        loggers = RunLoggers(cfg.loggers if main else [], self.run_dir,
+                             self.start_epoch)  # csv, tensorboard
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             ctx.epoch = epoch
@@ -271,7 +294,8 @@ class Trainer:
                 best = {"epoch": epoch, "model": self.model.state_dict()}
                 if self._predict_uses_state():
                     best["method"] = self.method.state_dict()
-                atomic_save(best, self.ckpt_dir / "best.pt")
+                if main:
+                    atomic_save(best, self.ckpt_dir / "best.pt")
             t2 = time.perf_counter()
             report = self.method.on_train_epoch_end(ctx)
             t3 = time.perf_counter()
@@ -281,14 +305,18 @@ class Trainer:
             record["time_s"] = {"total": t3 - t0, "train": t1 - t0, "eval": t2 - t1,
                                 "method": t3 - t2}
             if report is not None:
-                append_jsonl({"epoch": epoch, **report}, self.run_dir / "reports.jsonl")
+                if main:
+                    append_jsonl({"epoch": epoch, **report}, self.run_dir / "reports.jsonl")
                 record["report"] = report
-            append_jsonl(record, self.run_dir / "metrics.jsonl")
+            if main:
+                append_jsonl(record, self.run_dir / "metrics.jsonl")
             loggers.log(record)
             self._save_last(epoch)
+            dist.barrier()  # rank 0's files are written before any rank reads them
             log.info("epoch %d: loss %.4f val acc %.4f", epoch, record["train"]["total"],
                      record["val"]["acc"])
         loggers.close()
+        ctx.ddp = None
         self.method.on_fit_end(ctx)
         return self._final_numbers()
 
