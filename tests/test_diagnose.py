@@ -355,7 +355,7 @@ def test_kmeans_batched_equals_sequential_reference(seed):
 
 def test_kmeans_batched_equals_reference_over_row_blocks_and_chunks():
     # 5000 x 24, 10 restarts of k = 12: one block (automatic), 9 blocks of 556 rows (chunk
-    # 600) or one (chunk 5000); 3000 x 600: automatic blocks of 500 rows (1 MiB of points).
+    # 600) or one (chunk 5000); 3000 x 600: automatic blocks (6 of 500 rows on one thread).
     # Every variant is bitwise the sequential one.
     x, _ = _blobs(5000, 12, 24, spread=0.6, seed=7)
     ref = _ref_kmeans(x, 12, 10, 3)
@@ -363,7 +363,9 @@ def test_kmeans_batched_equals_reference_over_row_blocks_and_chunks():
         _assert_same(kmeans(x, 12, n_init=10, seed=3, chunk=chunk), ref)
     _assert_same(kmeans(x.double(), 12, n_init=4, seed=1), _ref_kmeans(x.double(), 12, 4, 1))
     wide, _ = _blobs(3000, 5, 600, spread=0.2, seed=8)
-    assert len(diagnose._row_blocks(3000, 600, 3 * 5, wide.device, None)) == 6
+    per_thread = 2**18 // 600  # rows of 1 MiB of points per thread, at least 512 in a block
+    blocks = -(-3000 // max(512, torch.get_num_threads() * per_thread))
+    assert len(diagnose._row_blocks(3000, 600, 3 * 5, wide.device, None)) == blocks > 1
     _assert_same(kmeans(wide, 5, n_init=3, seed=0), _ref_kmeans(wide, 5, 3, 0))
 
 

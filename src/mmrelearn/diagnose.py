@@ -49,12 +49,15 @@ def _row_blocks(n: int, d: int, cols: int, device: torch.device,
                 chunk: Optional[int]) -> list[slice]:
     """Balanced row blocks of an (n, d) x (d, cols) distance product: at most ``chunk`` rows.
 
-    Automatic on CPU: a block of points of about 1 MiB (it stays in cache while every restart
-    adds it to its cluster sums) and at most 2^20 distances; elsewhere 2^28 distances. Never
-    under 512 rows: BLAS can round a product of a few rows differently from a tall one.
+    Automatic on CPU: per thread, a block of points of about 1 MiB (it stays in cache while
+    every restart adds it to its cluster sums) and at most 2^20 distances; elsewhere 2^28
+    distances. Never under 512 rows: BLAS can round a product of a few rows differently from a
+    tall one.
     """
     if chunk is None:
-        per_row = min(2**18 // max(d, 1), 2**20 // cols) if device.type == "cpu" else 2**28 // cols
+        threads = torch.get_num_threads()
+        per_row = (threads * min(2**18 // max(d, 1), 2**20 // cols) if device.type == "cpu"
+                   else 2**28 // cols)
         chunk = max(512, per_row)
     step = -(-n // -(-n // chunk))  # ceil(n / number of blocks)
     return [slice(s, min(s + step, n)) for s in range(0, n, step)]
