@@ -139,14 +139,15 @@ COMPARE_HEADER = (f"{'N':>7} {'C':>3} {'d':>4} {'n_init':>6} | {'mmrelearn s':>1
 
 
 def format_compare(r: dict) -> str:
+    nan = float("nan")  # a library left out
     def get(lib: str, key: str, fmt: str) -> str:
         return format(r[lib][key], fmt) if lib in r else "-"
     iters = "/".join(str(r[lib]["n_iter"]) if lib in r else "-"
                      for lib in ("mmrelearn", "faiss", "sklearn"))
     return (f"{r['n']:>7} {r['classes']:>3} {r['dims']:>4} {r['n_init']:>6} | "
             f"{get('mmrelearn', 's', '.2f'):>11} {get('faiss', 's', '.2f'):>8} "
-            f"{get('sklearn', 's', '.2f'):>9} | {r.get('faiss_over_mmrelearn', float('nan')):>8.2f} "
-            f"{r.get('sklearn_over_mmrelearn', float('nan')):>7.2f} | "
+            f"{get('sklearn', 's', '.2f'):>9} | {r.get('faiss_over_mmrelearn', nan):>8.2f} "
+            f"{r.get('sklearn_over_mmrelearn', nan):>7.2f} | "
             f"{get('mmrelearn', 'purity', '.4f'):>6} {get('faiss', 'purity', '.4f'):>7} "
             f"{get('sklearn', 'purity', '.4f'):>6} | {iters:>18} | {max(r['loadavg_1m']):>4.1f}")
 
@@ -237,8 +238,9 @@ SHARE_HEADER = (f"{'N train':>9} {'cap':>7} | {'epoch s':>10} {'features s':>10}
 def format_share(r: dict) -> str:
     cap = f"{r['cap']:,}" if r["cap"] else "-"
     return (f"{r['n_train']:>9,} {cap:>7} | {r['epoch_s']:>10.1f} {r['features_s']:>10.1f} "
-            f"{r['kmeans_s']:>9.1f} | {r['run_s'] / 3600:>8.1f} | {100 * r['diagnosis_share']:>9.2f}%"
-            f" {100 * r['kmeans_share']:>12.3f}% | {', '.join(r['kmeans_how'])}")
+            f"{r['kmeans_s']:>9.1f} | {r['run_s'] / 3600:>8.1f} | "
+            f"{100 * r['diagnosis_share']:>9.2f}% {100 * r['kmeans_share']:>12.3f}% | "
+            f"{', '.join(r['kmeans_how'])}")
 
 
 # ------------------------------------------------------------------ the demo, as before

@@ -321,7 +321,8 @@ def test_max_samples_encodes_only_the_chosen_samples_the_same_ones_as_before():
     # no cap, or a cap above N: everything, in order
     for cap in (None, 60, 1000):
         f, y = extract_features(encoders, feats, loader, cpu, max_samples=cap)
-        assert torch.equal(y, loader.dataset.y) and torch.equal(f["a"], torch.tanh(loader.dataset.xa))
+        assert torch.equal(y, loader.dataset.y)
+        assert torch.equal(f["a"], torch.tanh(loader.dataset.xa))
 
 
 def test_max_samples_subset_advances_the_loader_generator_as_one_pass():
