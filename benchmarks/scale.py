@@ -1,18 +1,27 @@
-"""Scaling measurements. Part ``ddp``: training throughput of 1 process against 2 DDP
-processes (torchrun, gloo, CPU) on the same config and global batch, and their agreement.
+"""Scaling measurements, one part each (``--part all``: every part in turn), merged into
+``scale.json`` under --out (a part run alone keeps the others' keys):
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/scale.py [--part ddp] [--samples 20000]
-       [--epochs 3] [--width 256] [--out benchmarks/results]
+* ``trainer``: samples/s of the trainer's training epochs against a bare PyTorch loop on the
+  same model, data and optimizer, at precision 32 and bf16, interleaved rounds, median ratios
+  (``benchmarks/hot_path.py``'s measurement; ``hot_path.json`` is that script's own run).
+* ``ddp``: training throughput of 1 process against 2 DDP processes (torchrun, gloo, CPU) on
+  the same config and global batch, and their agreement.
+* ``diagnosis``: the diagnosis's share of a D&R run from 10k to 1M samples
+  (``benchmarks/diagnose_speed.py``'s part 2: per-sample costs and k-means times measured here,
+  larger N extrapolated and marked).
 
-Each setting trains joint training on synthetic data (two 64-d modalities, MLP encoders of
-two hidden layers of --width, without BatchNorm or dropout, so that the runs can agree to float rounding) in a
-fresh process: ``1x1`` one process with one thread, ``1x2`` one process with two threads, and
-``2x1`` ``torchrun --nproc_per_node 2`` with one thread each. Throughput is training samples
-per second of the training phase (``time_s.train`` of every epoch in ``metrics.jsonl``:
-batches, forward, backward, gradient all-reduce; no evaluation). Correctness: the largest
-absolute difference between the final weights of the 1- and 2-process runs, and whether their
-test metrics agree. Prints a table and merges ``{"ddp": ...}`` into ``scale.json`` under
---out (other parts keep their keys). Timings on a shared machine: the load average is stored.
+Usage: OMP_NUM_THREADS=1 python benchmarks/scale.py [--part all|trainer|ddp|diagnosis]
+       [--samples 20000] [--epochs 3] [--width 256] [--out benchmarks/results]
+
+Part ``ddp``: each setting trains joint training on synthetic data (two 64-d modalities, MLP
+encoders of two hidden layers of --width, without BatchNorm or dropout, so that the runs can
+agree to float rounding) in a fresh process: ``1x1`` one process with one thread, ``1x2`` one
+process with two threads, and ``2x1`` ``torchrun --nproc_per_node 2`` with one thread each.
+Throughput is training samples per second of the training phase (``time_s.train`` of every
+epoch in ``metrics.jsonl``: batches, forward, backward, gradient all-reduce; no evaluation).
+Correctness: the largest absolute difference between the final weights of the 1- and
+2-process runs, and whether their test metrics agree. Timings on a shared machine: the load
+average is stored.
 """
 from __future__ import annotations
 
@@ -91,16 +100,28 @@ def ddp_part(samples: int, epochs: int, width: int) -> dict:
             "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["ddp"], default="ddp")
-    p.add_argument("--samples", type=int, default=20000)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--width", type=int, default=256, help="MLP hidden width (two layers)")
-    p.add_argument("--out", default=str(HERE / "results"))
-    args = p.parse_args()
-    result = ddp_part(args.samples, args.epochs, args.width)
-    result["command"] = " ".join(["python benchmarks/scale.py", *sys.argv[1:]])
+def trainer_part(width: int) -> dict:
+    """Trainer vs bare loop (hot_path.py's measurement, 8,000 samples, batch 64, 12 rounds)."""
+    import hot_path  # benchmarks/ is on the path
+
+    result = hot_path.measure(hot_path.raw_config(8000, width, 64), 12)
+    for name, v in result["ratios"].items():
+        print(f"  {name:<24} {v['median']:.3f} (min {v['min']:.3f}, max {v['max']:.3f})")
+    return result
+
+
+def diagnosis_part(out: Path) -> dict:
+    """The diagnosis's share of a D&R run vs N (diagnose_speed.py's part 2)."""
+    import diagnose_speed  # benchmarks/ is on the path
+
+    args = diagnose_speed.parse_args(["--skip", "compare", "demo",
+                                      "--out", str(out / "scale_diagnosis.json")])
+    result: dict = {}
+    diagnose_speed.share_part(args, torch.device(args.device), result, print)
+    return result["share"]
+
+
+def ddp_report(result: dict) -> None:
     print("setting  processes x threads  samples/s  train s")
     for name, r in result["settings"].items():
         print(f"{name:8} {r['processes']} x {r['threads_per_process']:<17} "
@@ -111,11 +132,34 @@ def main() -> None:
           f"{result['max_abs_weight_diff_1_vs_2_processes']:.2e}; same test metrics: "
           f"{result['same_test_metrics']}; load average {result['load_average_1min']:.1f} "
           f"on {result['cpu_count']} cores")
-    path = Path(args.out) / "scale.json"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=["all", "trainer", "ddp", "diagnosis"], default="all")
+    p.add_argument("--samples", type=int, default=20000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--width", type=int, default=256, help="MLP hidden width (two layers)")
+    p.add_argument("--out", default=str(HERE / "results"))
+    args = p.parse_args()
+    out = Path(args.out)
+    path = out / "scale.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     merged = json.loads(path.read_text()) if path.is_file() else {}
-    merged["ddp"] = result
-    path.write_text(json.dumps(merged, indent=2) + "\n")
+    command = " ".join(["python benchmarks/scale.py", *sys.argv[1:]])
+    parts = ["trainer", "ddp", "diagnosis"] if args.part == "all" else [args.part]
+    for part in parts:
+        print(f"\n== {part}")
+        if part == "trainer":
+            result = trainer_part(args.width)
+        elif part == "ddp":
+            result = ddp_part(args.samples, args.epochs, args.width)
+            ddp_report(result)
+        else:
+            result = diagnosis_part(out)
+        result["command"] = command
+        merged[part] = result
+        path.write_text(json.dumps(merged, indent=2) + "\n")  # each part as it finishes
     print(f"written: {path}")
 
 
