@@ -4,6 +4,7 @@ Expected values are computed by hand in each test; k-means is cross-checked agai
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -12,9 +13,14 @@ import torch
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
+from mmrelearn import diagnose
 from mmrelearn.diagnose import (
     STRENGTH_FUNCTIONS,
+    _kmeans_pp,
     _lloyd,
+    _lloyd_batched,
+    _mean_variance,
+    _restart_generators,
     cluster_purity,
     kmeans,
     minmax_scale,
@@ -258,6 +264,206 @@ def test_kmeans_close_to_sklearn_on_overlapping_blobs():
     assert 0.4 < p_sk < 0.95  # really overlapping, not trivially separable
     assert abs(p_ours - p_sk) <= 0.03
     assert abs(ours.inertia - sk.inertia_) <= 0.02 * sk.inertia_
+
+
+# --- batched restarts against a sequential reference ------------------------------------
+
+def _ref_sq_dists(x, c, xx):
+    return torch.addmm(xx + (c * c).sum(1)[None, :], x, c.T, alpha=-2.0).clamp_min_(0.0)
+
+
+def _ref_seed(x, k, gen):
+    """Greedy k-means++ of one restart, written out as the sequential version (before the
+    restarts were batched): 2 + ln k candidates ~ D(x)^2, the lowest potential wins."""
+    n, trials = x.shape[0], 2 + int(math.log(k))
+    xx = (x * x).sum(1, keepdim=True)
+    first = torch.randint(n, (1,), generator=gen)
+    centers = [x[first[0]]]
+    closest = _ref_sq_dists(x, centers[0][None, :], xx)[:, 0]
+    for _ in range(1, k):
+        total = closest.sum()
+        probs = closest / total if total > 0 else torch.ones_like(closest)
+        cand = torch.multinomial(probs, trials, replacement=True, generator=gen)
+        d_cand = torch.minimum(closest[None, :], _ref_sq_dists(x, x[cand], xx).T)
+        best = int(d_cand.sum(1).argmin())
+        centers.append(x[cand[best]])
+        closest = d_cand[best]
+    return torch.stack(centers)
+
+
+def _ref_lloyd(x, centers, max_iter, tol):
+    """Lloyd's iterations of one restart, one full distance matrix per round."""
+    k, xx, labels, n_iter = centers.shape[0], (x * x).sum(1, keepdim=True), None, 0
+    for n_iter in range(1, max_iter + 1):
+        d = _ref_sq_dists(x, centers, xx)
+        new_labels = d.argmin(1)
+        if labels is not None and torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+        counts = torch.bincount(labels, minlength=k)
+        new_centers = torch.zeros_like(centers).index_add_(0, labels, x) / counts.clamp_min(1)[
+            :, None].to(x.dtype)
+        empty = torch.nonzero(counts == 0).flatten()
+        if empty.numel() > 0:
+            far = d.gather(1, labels[:, None])[:, 0].argsort(descending=True)
+            new_centers[empty] = x[far[: empty.numel()]]
+        shift = ((new_centers - centers) ** 2).sum()
+        centers = new_centers
+        if shift <= tol:
+            break
+    d = _ref_sq_dists(x, centers, xx)
+    labels = d.argmin(1)
+    return labels, centers, float(d.gather(1, labels[:, None]).sum()), n_iter
+
+
+def _ref_kmeans(x, k, n_init, seed, max_iter=300, tol=1e-4):
+    """The restarts one after another from one generator; the first lowest inertia wins."""
+    gen = torch.Generator().manual_seed(seed)
+    abs_tol = tol * float(x.var(0, unbiased=False).mean())
+    best = None
+    for _ in range(n_init):
+        run = _ref_lloyd(x, _ref_seed(x, k, gen), max_iter, abs_tol)
+        if best is None or run[2] < best[2]:
+            best = run
+    return best
+
+
+def _assert_same(result, ref):
+    labels, centers, inertia, n_iter = ref
+    assert torch.equal(result.labels, labels)
+    assert torch.equal(result.centers, centers)
+    assert result.inertia == inertia and result.n_iter == n_iter
+
+
+def _random_case(seed):
+    g = torch.Generator().manual_seed(1000 + seed)
+    n = int(torch.randint(10, 1500, (1,), generator=g))
+    d = int(torch.randint(1, 40, (1,), generator=g))
+    k = int(torch.randint(1, 20, (1,), generator=g))
+    n_init = int(torch.randint(1, 7, (1,), generator=g))
+    x, _ = _blobs(n, max(k, 2), d, spread=float(torch.rand(1, generator=g)) * 2, seed=seed)
+    if seed % 3 == 0:
+        x = torch.round(x)  # many duplicate points and tied distances
+    return x, k, n_init
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_kmeans_batched_equals_sequential_reference(seed):
+    x, k, n_init = _random_case(seed)
+    _assert_same(kmeans(x, k, n_init=n_init, seed=seed), _ref_kmeans(x, k, n_init, seed))
+
+
+def test_kmeans_batched_equals_reference_over_row_blocks_and_chunks():
+    # 5000 x 24, 10 restarts of k = 12: one block (automatic), 9 blocks of 556 rows (chunk
+    # 600) or one (chunk 5000); 3000 x 600: automatic blocks (6 of 500 rows on one thread).
+    # Every variant is bitwise the sequential one.
+    x, _ = _blobs(5000, 12, 24, spread=0.6, seed=7)
+    ref = _ref_kmeans(x, 12, 10, 3)
+    for chunk in (None, 600, 5000):
+        _assert_same(kmeans(x, 12, n_init=10, seed=3, chunk=chunk), ref)
+    _assert_same(kmeans(x.double(), 12, n_init=4, seed=1), _ref_kmeans(x.double(), 12, 4, 1))
+    wide, _ = _blobs(3000, 5, 600, spread=0.2, seed=8)
+    per_thread = 2**18 // 600  # rows of 1 MiB of points per thread, at least 512 in a block
+    blocks = -(-3000 // max(512, torch.get_num_threads() * per_thread))
+    assert len(diagnose._row_blocks(3000, 600, 3 * 5, wide.device, None)) == blocks > 1
+    _assert_same(kmeans(wide, 5, n_init=3, seed=0), _ref_kmeans(wide, 5, 3, 0))
+
+
+def test_kmeans_batched_equals_reference_on_duplicates_and_k1():
+    values = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    x = values[torch.tensor([0, 1, 2] * 7 + [0, 0, 1])]
+    for k, n_init, seed in [(3, 5, 0), (4, 3, 1), (1, 3, 2)]:  # k = 4: an empty cluster
+        _assert_same(kmeans(x, k, n_init=n_init, seed=seed), _ref_kmeans(x, k, n_init, seed))
+    x2, _ = _blobs(300, 3, 5, spread=1.0, seed=9)
+    _assert_same(kmeans(x2, 1, n_init=4, seed=0), _ref_kmeans(x2, 1, 4, 0))
+
+
+def test_restart_generators_reproduce_the_sequential_draws():
+    x, _ = _blobs(400, 6, 8, spread=0.8, seed=2)
+    xx = (x * x).sum(1, keepdim=True)
+    gens, starts = _restart_generators(x, 6, 4, seed=11)
+    batched = _kmeans_pp(x, xx, 6, gens)  # (4, 6, 8)
+    # restart r ends exactly where restart r + 1 starts: no fallback needed on this torch
+    assert all(torch.equal(g.get_state(), s) for g, s in zip(gens, starts[1:]))
+    gen = torch.Generator().manual_seed(11)
+    for r in range(4):
+        assert torch.equal(batched[r], _ref_seed(x, 6, gen))
+
+
+def test_kmeans_falls_back_to_sequential_seeding(monkeypatch, caplog):
+    # generators out of step (here: all four start from the same state) -> the check in
+    # kmeans notices and seeds restart after restart: same result as the reference
+    x, _ = _blobs(300, 5, 6, spread=0.7, seed=4)
+
+    def same_start(x, k, n_init, seed):
+        starts = _restart_generators(x, k, 1, seed)[1]
+        return [_restart_generators(x, k, 1, seed)[0][0] for _ in range(n_init)], starts * n_init
+
+    monkeypatch.setattr(diagnose, "_restart_generators", same_start)
+    with caplog.at_level(logging.DEBUG, logger="mmrelearn.diagnose"):
+        _assert_same(kmeans(x, 5, n_init=4, seed=2), _ref_kmeans(x, 5, 4, 2))
+    assert "out of step" in caplog.text
+
+
+def test_lloyd_batched_restarts_stop_on_their_own():
+    # restart 0 starts at the true means of far-apart blobs (done after 2 rounds); restart 1
+    # starts with two centres in one blob and needs more rounds. Each equals its run alone.
+    x = torch.cat([torch.randn(60, 2, generator=torch.Generator().manual_seed(0)) * 0.1 + m
+                   for m in (torch.tensor([0.0, 0.0]), torch.tensor([20.0, 0.0]),
+                             torch.tensor([0.0, 20.0]))])
+    good = torch.stack([x[:60].mean(0), x[60:120].mean(0), x[120:].mean(0)])
+    bad = torch.stack([x[0], x[1], x[60]])
+    xx = (x * x).sum(1, keepdim=True)
+    runs = _lloyd_batched(x, xx, torch.stack([good, bad]), max_iter=50, tol=0.0)
+    alone = [_ref_lloyd(x, c, 50, 0.0) for c in (good, bad)]
+    assert runs[0].n_iter == 2 and runs[1].n_iter > runs[0].n_iter
+    for run, ref in zip(runs, alone):
+        run.inertia = float(run.inertia)
+        _assert_same(run, ref)
+    # max_iter caps each restart; a capped restart still ends with a final assignment
+    capped = _lloyd_batched(x, xx, torch.stack([good, bad]), max_iter=1, tol=0.0)
+    assert [r.n_iter for r in capped] == [1, 1]
+    assert torch.equal(capped[1].labels, _ref_lloyd(x, bad, 1, 0.0)[0])
+
+
+def test_lloyd_batched_empty_cluster_in_one_restart_only():
+    # restart 0: the hand example of test_lloyd_relocates_an_empty_cluster_to_the_farthest_point
+    # (centre 2 empty, moved to x = 2); restart 1: no empty cluster. Each as if alone.
+    x = torch.tensor([[0.0], [2.0], [10.0], [11.0]])
+    inits = torch.tensor([[[0.0], [10.0], [100.0]], [[0.0], [2.0], [10.5]]])
+    runs = _lloyd_batched(x, (x * x).sum(1, keepdim=True), inits, max_iter=50, tol=0.0)
+    assert torch.equal(runs[0].labels, torch.tensor([0, 2, 1, 1]))
+    assert torch.equal(runs[0].centers, torch.tensor([[0.0], [10.5], [2.0]]))
+    assert float(runs[0].inertia) == 0.5
+    assert torch.equal(runs[1].labels, torch.tensor([0, 1, 2, 2]))
+    assert torch.equal(runs[1].centers, torch.tensor([[0.0], [2.0], [10.5]]))
+    for run, init in zip(runs, inits):
+        run.inertia = float(run.inertia)
+        _assert_same(run, _ref_lloyd(x, init, 50, 0.0))
+
+
+def test_kmeans_n_le_k_with_restarts_and_determinism():
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    for k, n_init in [(3, 4), (7, 10)]:
+        r = kmeans(x, k, n_init=n_init, seed=5)
+        assert torch.equal(r.labels, torch.arange(3)) and torch.equal(r.centers, x)
+        assert r.inertia == 0.0 and r.n_iter == 0
+    y, _ = _blobs(500, 6, 8, spread=0.5, seed=3)
+    a, b = kmeans(y, 6, n_init=5, seed=9), kmeans(y, 6, n_init=5, seed=9, chunk=512)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centers, b.centers)
+    assert a.inertia == b.inertia and a.n_iter == b.n_iter
+    other = kmeans(y, 6, n_init=5, seed=10)
+    assert not torch.equal(other.centers, a.centers)
+    with pytest.raises(ValueError, match="chunk"):
+        kmeans(y, 6, chunk=0)
+
+
+def test_mean_variance_equals_torch_var():
+    for seed in range(6):
+        x, _ = _blobs(1000 + 997 * seed, 4, 16, spread=3.0, seed=seed)
+        x = x * (seed + 1) + 10.0 * seed  # offsets and scales
+        expected = float(x.var(0, unbiased=False).mean())
+        assert _mean_variance(x, block=333) == expected == _mean_variance(x)
 
 
 # --- cluster_purity: P_D / P_V of Sec. 3.2 -------------------------------------------------

@@ -12,6 +12,9 @@ from mmrelearn.diagnose import cluster_purity
 from mmrelearn.relearn import (
     DiagnoseRelearn,
     DiagnosisReport,
+    default_features,
+    extract_features,
+    measure_purities,
     reset_optimizer_state,
     snapshot,
     soft_reinit_,
@@ -259,6 +262,98 @@ def test_max_samples_cap_is_seeded():
     assert r1.to_dict() == r2.to_dict()
     _, _, _, dr_all = _setup(max_samples=1000)
     assert (dr_all.diagnose().n_train, dr_all.diagnose().n_val) == (60, 45)
+
+
+# --- max_samples: the subset is chosen before encoding -------------------------------------
+
+class Counting(nn.Module):
+    """Wraps an encoder and counts the samples (rows) it has encoded."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.rows = inner, 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+class DictSet(torch.utils.data.Dataset):
+    """Map-style dataset of ``({"a": x_a, "b": x_b}, y)`` samples from a test ``Loader``."""
+
+    def __init__(self, loader: Loader):
+        self.xa = torch.cat([b[0]["a"] for b in loader.batches])
+        self.xb = torch.cat([b[0]["b"] for b in loader.batches])
+        self.y = torch.cat([b[1] for b in loader.batches])
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"a": self.xa[i], "b": self.xb[i]}, self.y[i]
+
+
+def _counting_setup(inner_a: nn.Module, inner_b: nn.Module, batch_size: int = 16):
+    encoders = {"a": Counting(inner_a), "b": Counting(inner_b)}
+    train, val = Loader(60, seed=1, sep=4.0), Loader(45, seed=2, sep=4.0, shuffle_labels=True)
+    loaders = [torch.utils.data.DataLoader(DictSet(x), batch_size=batch_size,
+                                           generator=torch.Generator().manual_seed(3))
+               for x in (train, val)]
+    return encoders, loaders, (train, val)
+
+
+def test_max_samples_encodes_only_the_chosen_samples_the_same_ones_as_before():
+    # elementwise encoders: a sample's features do not depend on its batch, so the subset
+    # path (a DataLoader in index order) and the encode-all-then-subsample path (a plain
+    # iterable of the same batches) must agree exactly
+    encoders, (loader, _), (batches, _) = _counting_setup(nn.Tanh(), nn.Softsign())
+    feats = default_features(encoders, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    f_sub, y_sub = extract_features(encoders, feats, loader, cpu, max_samples=25, sample_seed=7)
+    assert encoders["a"].rows == encoders["b"].rows == 25  # not 60
+    f_all, y_all = extract_features(encoders, feats, batches, cpu, max_samples=25, sample_seed=7)
+    assert encoders["a"].rows == 25 + 60
+    assert torch.equal(y_sub, y_all)
+    assert all(torch.equal(f_sub[m], f_all[m]) for m in "ab")
+    # which samples, in which order: randperm(60) seeded with sample_seed, first 25
+    keep = torch.randperm(60, generator=torch.Generator().manual_seed(7))[:25]
+    assert torch.equal(f_sub["a"], torch.tanh(loader.dataset.xa[keep]))
+    # no cap, or a cap above N: everything, in order
+    for cap in (None, 60, 1000):
+        f, y = extract_features(encoders, feats, loader, cpu, max_samples=cap)
+        assert torch.equal(y, loader.dataset.y)
+        assert torch.equal(f["a"], torch.tanh(loader.dataset.xa))
+
+
+def test_max_samples_subset_advances_the_loader_generator_as_one_pass():
+    encoders, (loader, _), _ = _counting_setup(nn.Tanh(), nn.Tanh())
+    feats, cpu = default_features(encoders, torch.device("cpu")), torch.device("cpu")
+    before = loader.generator.get_state()
+    for _ in loader:  # what the encode-all path does: one pass
+        pass
+    one_pass = loader.generator.get_state()
+    assert not torch.equal(one_pass, before)  # a pass draws the workers' base seed from it
+    loader.generator.set_state(before)
+    global_before = torch.random.get_rng_state()
+    extract_features(encoders, feats, loader, cpu, max_samples=10)
+    assert torch.equal(loader.generator.get_state(), one_pass)
+    assert torch.equal(torch.random.get_rng_state(), global_before)  # global RNG untouched
+
+
+def test_measure_purities_with_max_samples_equals_encode_all_then_subsample():
+    torch.manual_seed(0)
+    encoders, (tr, va), (tr_b, va_b) = _counting_setup(nn.Linear(6, 4), nn.Linear(5, 4))
+    feats, cpu = default_features(encoders, torch.device("cpu")), torch.device("cpu")
+    kw = dict(n_init=3, seed=1, max_samples=40, sample_seed=5)
+    sub = measure_purities(encoders, feats, tr, va, C, cpu, **kw)
+    assert encoders["a"].rows == encoders["b"].rows == 40 + 40  # 40 of 60 train, 40 of 45 val
+    old = measure_purities(encoders, feats, tr_b, va_b, C, cpu, **kw)
+    assert sub == old and sub[1:] == (40, 40)
+    # DiagnoseRelearn takes the same path
+    dr = DiagnoseRelearn(encoders, C, tr, va, max_samples=40, sample_seed=5, n_init=3,
+                         kmeans_seed=1)
+    report = dr.diagnose()
+    assert {m: (d.p_train, d.p_val) for m, d in report.modalities.items()} == sub[0]
 
 
 def test_momentum_reset_drops_state_of_reinitialised_params():

@@ -27,6 +27,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("train needs -c CONFIG (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.set)
         summary = train(cfg, run_dir=args.run_dir)
+    from .distributed import is_main
+
+    if not is_main():  # torchrun: rank 0 prints
+        return 0
     t = summary["test"]
     print(f"{summary['name']} ({summary['method']}, seed {summary['seed']}): best epoch "
           f"{summary['best_epoch']} by {summary['select_metric']}; test acc {t['acc']:.4f}, "
@@ -51,7 +55,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = {"checkpoint": str(ckpt), "epoch": state["epoch"]}
     for split in ("val", "test"):
         out[split] = evaluate(trainer.model, trainer.loaders[split], trainer.device,
-                              trainer.num_classes, trainer.method.predict)
+                              trainer.num_classes, trainer.method.predict, trainer.precision)
     if args.probe:
         from .probe import probe_trainer
 

@@ -71,6 +71,10 @@ class TrainConfig:
         default_factory=lambda: ["jsonl"])
     deterministic: bool = True
     num_workers: int = 0
+    # 32 (float32, no autocast) | bf16 (autocast) | 16-mixed (fp16 autocast + loss scaling)
+    precision: Literal[32, "32", "bf16", "16-mixed"] = "32"
+    progress_every: int = 50  # steps between reads of the running loss (bar, NaN check)
+    compile: bool = False  # torch.compile the model's forward (methods that allow it)
 
 
 @dataclass
@@ -211,6 +215,7 @@ _RANGES: dict[str, dict[str, Any]] = {
     "train.monitor_max_samples": dict(low=1, integer=True, null=True),
     "train.monitor_n_init": dict(low=1, integer=True),
     "train.num_workers": dict(low=0, integer=True),
+    "train.progress_every": dict(low=1, integer=True),
     "optim.lr": dict(low=0, low_open=True),
     "optim.momentum": dict(low=0, high=1),
     "optim.weight_decay": dict(low=0),
@@ -282,6 +287,8 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
 
     cfg = _from_dict(Config, raw, "")
     _check_values(cfg)
+    if cfg.train.precision == 32:  # YAML reads 32 as an int: stored as "32"
+        cfg.train.precision = "32"
     cfg.data = _named_section("data", cfg.data, DATASETS, reserved=SPLIT_KEYS,
                               reserved_by=build_data)
     cfg.method = _named_section("method", cfg.method, METHODS)

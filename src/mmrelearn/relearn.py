@@ -11,7 +11,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, Subset
 
+from . import distributed
 from .config import check_choice, check_number
 from .diagnose import STRENGTH_FUNCTIONS, cluster_purity, purity_gap, reinit_strength
 
@@ -148,21 +150,32 @@ def model_features(model: nn.Module, device: torch.device) -> FeatureFn:
     return features
 
 
-@torch.no_grad()
-def extract_features(
-    encoders: Mapping[str, nn.Module],
-    features: FeatureFn,
-    loader: Iterable,
-    device: torch.device,
-    *,
-    max_samples: Optional[int] = None,
-    sample_seed: int = 0,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Every modality's features over ``loader``, encoders in eval mode, without gradients.
+def _fixed_order_size(loader: Iterable) -> Optional[int]:
+    """Samples of a DataLoader that visits its whole map-style dataset in index order, in
+    batches of ``batch_size`` (the trainer's diagnosis loaders); ``None`` for anything else."""
+    if (isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
+            and isinstance(loader.sampler, SequentialSampler) and loader.batch_size is not None
+            and not loader.drop_last):
+        return len(loader.dataset)
+    return None
 
-    Returns ``({modality: (N, d)}, (N,) labels)``; with ``max_samples`` a seeded random subset.
-    The encoders' train/eval modes are restored afterwards.
-    """
+
+def _subset_loader(loader: DataLoader, indices: list[int]) -> DataLoader:
+    """``loader`` over ``indices`` of its dataset only, in that order, with its batch size,
+    collation and workers. It shares ``loader``'s generator, which advances as one pass of
+    ``loader`` would advance it (one base-seed draw)."""
+    return DataLoader(Subset(loader.dataset, indices), batch_size=loader.batch_size,
+                      shuffle=False, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+                      timeout=loader.timeout, prefetch_factor=loader.prefetch_factor,
+                      multiprocessing_context=loader.multiprocessing_context,
+                      persistent_workers=loader.persistent_workers)
+
+
+def _encode(encoders: Mapping[str, nn.Module], features: FeatureFn, loader: Iterable,
+            device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every batch of ``loader`` through ``features``, encoders in eval mode (modes restored)."""
     feats: dict[str, list[torch.Tensor]] = {m: [] for m in encoders}
     labels = []
     modes = {m: e.training for m, e in encoders.items()}
@@ -177,8 +190,45 @@ def extract_features(
     finally:
         for m, e in encoders.items():
             e.train(modes[m])
-    out = {m: torch.cat(v) for m, v in feats.items()}
-    y = torch.cat(labels)
+    # under DDP, over a loader whose batches are dealt to the ranks, every rank gets all of
+    # them in the single process's order; otherwise the local concatenation
+    return ({m: distributed.gather_batches(loader, v) for m, v in feats.items()},
+            distributed.gather_batches(loader, labels))
+
+
+@torch.no_grad()
+def extract_features(
+    encoders: Mapping[str, nn.Module],
+    features: FeatureFn,
+    loader: Iterable,
+    device: torch.device,
+    *,
+    max_samples: Optional[int] = None,
+    sample_seed: int = 0,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every modality's features over ``loader``, encoders in eval mode, without gradients.
+
+    Returns ``({modality: (N, d)}, (N,) labels)``; with ``max_samples`` a seeded random subset:
+    the first ``max_samples`` positions of ``randperm(N)`` (generator seeded with
+    ``sample_seed``), in that order. When ``loader`` is a DataLoader visiting its whole dataset
+    in index order, only those samples are encoded (in index order, through a loader over
+    them with the same batch size); any other iterable is encoded whole and then subsampled,
+    with the same positions. Either way the samples and their order are the same; a sample's
+    features may differ in the last float bits between the two, as it sits in another batch.
+    The encoders' train/eval modes are restored afterwards. Under DDP, over a loader whose
+    batches are dealt to the ranks (``mmrelearn.distributed``), each rank encodes its batches
+    and every rank gets all of them, in the single process's order (a capped diagnosis there
+    encodes every sample, then keeps the same positions).
+    """
+    n = _fixed_order_size(loader) if max_samples is not None else None
+    if n is not None and n > max_samples:
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed))
+        order = keep[:max_samples].argsort()  # encode in index order ...
+        out, y = _encode(encoders, features,
+                         _subset_loader(loader, keep[:max_samples][order].tolist()), device)
+        back = order.argsort().to(y.device)  # ... and put the samples back in keep's order
+        return {m: v[back] for m, v in out.items()}, y[back]
+    out, y = _encode(encoders, features, loader, device)
     if max_samples is not None and y.numel() > max_samples:
         gen = torch.Generator().manual_seed(sample_seed)
         keep = torch.randperm(y.numel(), generator=gen)[:max_samples].to(y.device)
@@ -202,14 +252,19 @@ def measure_purities(
 ) -> tuple[dict[str, tuple[float, float]], int, int]:
     """P_train and P_val (Eq. 3) of every modality; also the numbers of samples clustered.
 
+    With several processes (``torch.distributed`` initialised) rank 0 clusters and every rank
+    receives its numbers: call it on every rank.
+
     Returns ``({modality: (p_train, p_val)}, n_train, n_val)``.
     """
     kw = dict(max_samples=max_samples, sample_seed=sample_seed)
     f_tr, y_tr = extract_features(encoders, features, train_loader, device, **kw)
     f_va, y_va = extract_features(encoders, features, val_loader, device, **kw)
     km = dict(seed=seed, n_init=n_init, scale=scale)
-    out = {m: (cluster_purity(f_tr[m], y_tr, num_classes, **km),
-               cluster_purity(f_va[m], y_va, num_classes, **km)) for m in encoders}
+    # under DDP rank 0 clusters and every rank receives its numbers: the same alphas for all
+    out = distributed.from_main(lambda: {
+        m: (cluster_purity(f_tr[m], y_tr, num_classes, **km),
+            cluster_purity(f_va[m], y_va, num_classes, **km)) for m in encoders})
     return out, int(y_tr.numel()), int(y_va.numel())
 
 

@@ -13,9 +13,18 @@ from torch import nn
 from mmrelearn.cli import main
 from mmrelearn.config import ConfigError, config_from_dict
 from mmrelearn.methods.amco import AMCo, dependence, live_split_logits, mask_schedule
+from mmrelearn.methods.base import FitContext
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
+
+
+def _fit_ctx(**fields) -> FitContext:
+    """A FitContext of what a training step reads (precision 32), the loaders unused."""
+    base = dict(device=torch.device("cpu"), num_classes=2, epochs=1, train_loader=range(1),
+                diag_train_loader=(), val_loader=(), epoch=0)
+    return FitContext(**{**base, **fields})
+
 
 T = torch.tensor
 
@@ -81,8 +90,8 @@ def _model(method, num_classes=4):
 
 
 def _ctx(model, epoch=1):
-    return SimpleNamespace(model=model, epoch=epoch, num_classes=4,
-                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    return _fit_ctx(model=model, epoch=epoch, num_classes=4,
+                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 
 
 def test_the_dependent_modality_is_masked_and_learns_less():

@@ -14,10 +14,19 @@ from torch import nn
 
 from mmrelearn.cli import main
 from mmrelearn.config import ConfigError, config_from_dict
+from mmrelearn.methods.base import FitContext
 from mmrelearn.methods.mla import MLA, default_weights, entropy_weights, gs_alpha, owm_update
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
+
+
+def _fit_ctx(**fields) -> FitContext:
+    """A FitContext of what a training step reads (precision 32), the loaders unused."""
+    base = dict(device=torch.device("cpu"), num_classes=2, epochs=1, train_loader=range(1),
+                diag_train_loader=(), val_loader=(), epoch=0)
+    return FitContext(**{**base, **fields})
+
 
 T = torch.tensor
 
@@ -102,7 +111,7 @@ def test_training_step_projects_the_shared_heads_weight_gradient(project):
     original = opt.step
     opt.step = lambda: (seen.append((head.weight.grad.clone(), head.bias.grad.clone())),
                         original())
-    ctx = SimpleNamespace(model=model, optimizer=opt, train_loader=range(10), epoch=0)
+    ctx = _fit_ctx(model=model, optimizer=opt, train_loader=range(10))
     x = {"a": T([[1.0, 0.0], [1.0, 0.0]]), "v": T([[0.0, 2.0], [0.0, 0.0]])}
     y = T([0, 1])
     method.on_train_epoch_start(ctx)
@@ -196,8 +205,8 @@ def test_three_modalities():
     model = build_model({m: enc for m in "avt"}, {m: (3,) for m in "avt"}, 2)
     method = MLA()
     model.method_modules = nn.ModuleDict(method.extra_modules(model, 2))
-    ctx = SimpleNamespace(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                          train_loader=range(4), epoch=0)
+    ctx = _fit_ctx(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                   train_loader=range(4))
     method.on_fit_start(ctx)
     method.on_train_epoch_start(ctx)
     x = {m: torch.randn(5, 3, generator=torch.Generator().manual_seed(i))

@@ -11,10 +11,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrelearn.config import ConfigError, config_from_dict
+from mmrelearn.methods.base import FitContext
 from mmrelearn.methods.mmpareto import MMPareto, pareto_combine, pareto_weights
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
+
+
+def _fit_ctx(**fields) -> FitContext:
+    """A FitContext of what a training step reads (precision 32), the loaders unused."""
+    base = dict(device=torch.device("cpu"), num_classes=2, epochs=1, train_loader=range(1),
+                diag_train_loader=(), val_loader=(), epoch=0)
+    return FitContext(**{**base, **fields})
+
 
 T = torch.tensor
 
@@ -117,8 +126,8 @@ def test_both_objectives_descend_on_a_conflicting_pair():
     # MMPareto's step (same start, same lr) lowers both
     model, x, y = _conflicting_model()
     method = MMPareto()
-    ctx = SimpleNamespace(model=model, epoch=0,
-                          optimizer=torch.optim.SGD(model.encoders["a"].parameters(), lr=0.01))
+    ctx = _fit_ctx(model=model,
+                   optimizer=torch.optim.SGD(model.encoders["a"].parameters(), lr=0.01))
     method.on_train_epoch_start(ctx)
     method.training_step(ctx, x, y)
     after = _losses(model, x, y)
@@ -161,8 +170,7 @@ def test_split_logits_and_three_modalities():
     model = build_model({m: enc for m in "avt"}, {m: (3,) for m in "avt"}, 2)
     method = MMPareto(unimodal="split_logits", magnitude="per_encoder")
     assert method.model_overrides() == {}
-    ctx = SimpleNamespace(model=model, epoch=0,
-                          optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    ctx = _fit_ctx(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     method.on_fit_start(ctx)  # K = 3: each encoder still has exactly two objectives
     method.on_train_epoch_start(ctx)
     x = {m: torch.randn(5, 3, generator=torch.Generator().manual_seed(i))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import check_choice, check_number
+from ..distributed import reduce_floats
 from ..models import ModelOutput
 from .base import FitContext, Method, register_method
 
@@ -106,6 +107,8 @@ class AGM(Method):
             gradient norm of all parameters to 1 (as released).
     """
 
+    supports_ddp = True  # the per-modality mean losses are the global batch's (ranks reduced)
+
     def __init__(self, alpha: float = 1.5, modulation_starts: int = 0,
                  modulation_ends: int = 10**9, clip: bool = True) -> None:
         check_number("method.alpha", alpha, low=0)
@@ -156,6 +159,9 @@ class AGM(Method):
                    labels: torch.Tensor) -> dict[str, torch.Tensor]:
         scores = {m: float(-F.softmax(p.detach(), 1).gather(1, labels[:, None])
                            .clamp_min(1e-8).log().mean()) for m, p in self.parts.items()}
+        # the global batch's mean: every rank's mean weighted by its share (1.0 in one process)
+        share = getattr(ctx, "batch_share", 1.0)  # (a bare context in unit tests has none)
+        scores = reduce_floats({m: s * share for m, s in scores.items()})
         if self.starts <= ctx.epoch <= self.ends:
             self.k = agm_coefficients(scores, self.running, self.alpha)
         else:

@@ -10,8 +10,9 @@ The trainer runs fixed stages and calls the method at each (order per epoch)::
         on_train_epoch_start
         train_loader          # this epoch's training batches (None: the usual loader)
         for each batch:
-            training_step     # default: forward -> loss_terms -> backward
-                              #          -> on_before_optimizer_step -> optimizer step
+            training_step     # default: forward -> loss_terms (under ctx.autocast())
+                              #   -> backward -> on_before_optimizer_step (gradients
+                              #   unscaled under 16-mixed) -> optimizer step
             on_train_batch_end
         (validation / test evaluation through predict, best-epoch selection)
         on_train_epoch_end        # may return a report (D&R's diagnosis)
@@ -38,11 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError
 from ..models import ModelOutput
+from ..precision import Precision
 
 __all__ = ["FitContext", "Method", "METHODS", "register_method", "require_unimodal_heads",
            "true_class_scores", "NonFiniteLossError", "check_finite", "require_equal_dims",
-           "feature_dims", "unimodal_weights"]
+           "feature_dims", "check_run_options", "unimodal_weights"]
 
 Batch = tuple[Mapping[str, torch.Tensor], torch.Tensor]
 
@@ -64,6 +67,30 @@ class FitContext:
     step: int = 0  # training batches stepped so far, over the whole run
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. "prerequisites": name -> dir
     batch_index: Optional[torch.Tensor] = None  # sample indices of the batch (if wanted)
+    precision: Precision = field(default_factory=Precision)  # train.precision (default 32)
+    # under torchrun (mmrelearn/distributed.py): the model in DDP for the training step, and
+    # this process's share n_local / n_global of the current batch (1.0 in one process)
+    ddp: Optional[Callable[[Callable[[], Any]], Any]] = None
+    batch_share: float = 1.0
+
+    def autocast(self):
+        """Context of a training forward pass and its loss at the run's precision (bf16 or
+        fp16 autocast; nothing at 32). Backward and gradient edits go outside it."""
+        return self.precision.autocast()
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """``loss.backward(**kwargs)``, of the scaled loss under 16-mixed."""
+        self.precision.backward(loss, **kwargs)
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Under 16-mixed, divide the gradients by the loss scale (once per step, before
+        reading or editing them); nothing otherwise."""
+        self.precision.unscale_(optimizer)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``, through the loss scaler under 16-mixed (a step with
+        non-finite gradients is skipped there and the scale lowered)."""
+        self.precision.step(optimizer)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -71,7 +98,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_finite(ctx: FitContext, terms: Mapping[str, torch.Tensor]) -> None:
-    """Raise :class:`NonFiniteLossError` naming every term if their sum is not finite."""
+    """Raise :class:`NonFiniteLossError` naming every term if their sum is not finite.
+
+    One host sync per call: the trainer does not need it (it flags a non-finite loss on the
+    device and stops the run before the epoch is checkpointed); a method that must not step
+    on a non-finite loss may call it."""
     if terms and not torch.isfinite(sum(t.detach() for t in terms.values())):
         values = {k: float(v.detach()) for k, v in terms.items()}
         raise NonFiniteLossError(f"non-finite training loss at epoch {ctx.epoch}, step "
@@ -86,6 +117,17 @@ class Method:
     holdout_fraction: float = 0.0
     #: training batches carry each sample's index in the training split (``ctx.batch_index``)
     wants_sample_index: bool = False
+    #: an own ``training_step`` that backs up with ``ctx.backward`` and steps with
+    #: ``ctx.optimizer_step`` (after ``ctx.unscale_`` where it reads gradients), so fp16
+    #: loss scaling is right; without it a method owning its step is refused for 16-mixed
+    own_step_scales_loss: bool = False
+    #: ``train.compile`` may compile the model's forward for this method; None: yes unless
+    #: the method replaces ``forward`` or ``training_step`` (its passes bypass that forward)
+    compilable: Optional[bool] = None
+    #: runs under DDP (torchrun, several processes): every batch statistic it reads (scores,
+    #: prototypes, running means) is reduced over ranks (``mmrelearn.distributed``), so every
+    #: rank applies the same coefficients. False: refused there before the first epoch.
+    supports_ddp: bool = False
 
     def model_overrides(self) -> dict[str, Any]:
         """Model options the method needs (e.g. ``{"unimodal_heads": True}``)."""
@@ -122,18 +164,28 @@ class Method:
 
     def training_step(self, ctx: FitContext, inputs: Mapping[str, torch.Tensor],
                       labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One training batch: forward, loss terms, backward, ``on_before_optimizer_step``
-        and the optimizer step. Returns the loss terms (logged); ``{}`` when the batch took
-        no step. Override it to own several passes or optimizer steps per batch."""
-        output = self.forward(ctx, inputs)
-        terms = self.loss_terms(ctx, output, labels)
+        """One training batch: forward and loss terms (under ``ctx.autocast()``), backward,
+        ``on_before_optimizer_step`` on unscaled gradients and the optimizer step. Returns the
+        loss terms (logged); ``{}`` when the batch took no step. Override it to own several
+        passes or optimizer steps per batch (with ``ctx.autocast``; see
+        :attr:`own_step_scales_loss` for 16-mixed). A non-finite loss is not checked here
+        (that would sync the host every step): the trainer flags it on the device and stops
+        the run before the epoch is checkpointed."""
+        def step() -> dict[str, torch.Tensor]:
+            with ctx.autocast():
+                return self.loss_terms(ctx, self.forward(ctx, inputs), labels)
+
+        # under DDP through the wrapped model, so that the backward of the terms averages
+        # every gradient they depend on over the ranks (a bare test context has no ddp)
+        ddp = getattr(ctx, "ddp", None)
+        terms = step() if ddp is None else ddp(step)
         if not terms:
             return {}
-        check_finite(ctx, terms)
         ctx.optimizer.zero_grad(set_to_none=True)
-        sum(terms.values()).backward()
+        ctx.backward(sum(terms.values()))
+        ctx.unscale_(ctx.optimizer)  # gradient edits see the true gradients (16-mixed)
         self.on_before_optimizer_step(ctx)
-        ctx.optimizer.step()
+        ctx.optimizer_step(ctx.optimizer)
         return terms
 
     def predict(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -151,10 +203,13 @@ class Method:
         return {"ce": F.cross_entropy(output.logits, labels)}
 
     def on_before_optimizer_step(self, ctx: FitContext) -> None:
-        """After backward, before the optimizer step: edit gradients here."""
+        """After backward, before the optimizer step: edit gradients here (unscaled under
+        16-mixed, float32 in every precision)."""
 
     def on_train_batch_end(self, ctx: FitContext, terms: Mapping[str, float]) -> None:
-        """After the optimizer step, with the batch's loss terms as floats."""
+        """After the optimizer step, with the batch's loss terms as floats. Reading them
+        syncs the host with the device every batch: the trainer converts them only for a
+        method that overrides this hook."""
 
     def on_train_epoch_end(self, ctx: FitContext) -> Optional[dict[str, Any]]:
         """After the epoch's training and evaluation; may return a report to log."""
@@ -169,6 +224,23 @@ class Method:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+def check_run_options(method: Method, precision: str, compile: bool) -> None:
+    """Refuse (ConfigError naming the key) a ``train.precision`` or ``train.compile`` the
+    method cannot take; called when the trainer is built, before anything is written."""
+    own_step = type(method).training_step is not Method.training_step
+    if precision == "16-mixed" and own_step and not method.own_step_scales_loss:
+        raise ConfigError(f"train.precision: '16-mixed' is not available with method "
+                          f"{method.name!r}: its own training_step does not scale the loss "
+                          f"(fp16 gradients could underflow unseen); use 'bf16' or 32")
+    allowed = method.compilable
+    if allowed is None:
+        allowed = not own_step and type(method).forward is Method.forward
+    if compile and not allowed:
+        raise ConfigError(f"train.compile: method {method.name!r} trains through passes of its "
+                          f"own (it replaces forward or training_step), not the model's forward "
+                          f"that compile would compile; set train.compile: false")
 
 
 def require_unimodal_heads(model: nn.Module, method: str) -> None:

@@ -30,6 +30,10 @@ class DnR(Method):
         momentum: optimizer state of re-initialised parameters: ``keep`` (release) or ``reset``.
     """
 
+    # under DDP the diagnosis gathers every rank's features and rank 0's purities are used by
+    # all (relearn.measure_purities), so every rank re-initialises identically
+    supports_ddp = True
+
     def __init__(
         self,
         lam: float = 3.0,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice, check_number
+from ..distributed import average_gradients, batch_share, reduce_floats, sync_buffers
 from ..models import ModelOutput, MultimodalModel
 from .base import FitContext, Method, register_method, require_unimodal_heads
 
@@ -82,7 +83,10 @@ def _head_losses(model: nn.Module, loader: Iterable, device: torch.device) -> di
             sums[k] = sums.get(k, 0.0) + float(F.cross_entropy(lg, y, reduction="sum"))
         n += y.numel()
     model.train(was_training)
-    return {k: s / max(n, 1) for k, s in sums.items()}
+    # under DDP: summed over the ranks, which hold some of the batches each (maybe none)
+    totals = reduce_floats({**{k: sums.get(k, 0.0) for k in (FUSED, *model.encoders)}, "": n})
+    n = totals.pop("")
+    return {k: s / max(n, 1) for k, s in totals.items()}
 
 
 def branch_parameters(model: nn.Module, head: str) -> list[nn.Parameter]:
@@ -116,11 +120,12 @@ def train_copy(ctx: FitContext, head: str, epochs: int) -> nn.Module:
         accepted = inspect.signature(type(ctx.optimizer)).parameters
         group = {k: v for k, v in ctx.optimizer.param_groups[0].items()
                  if k in ctx.optimizer.defaults and k in accepted}
-        optimizer = type(ctx.optimizer)(branch_parameters(model, head), **group)
+        params = branch_parameters(model, head)
+        optimizer = type(ctx.optimizer)(params, **group)
         model.train()
         alone = type(model).encode is MultimodalModel.encode  # late fusion: branches separate
         for _ in range(epochs):
-            for inputs, y in ctx.train_loader:
+            for i, (inputs, y) in enumerate(ctx.train_loader):
                 y = y.to(ctx.device)
                 if head == FUSED or not alone:
                     out = model({m: x.to(ctx.device) for m, x in inputs.items()})
@@ -131,7 +136,10 @@ def train_copy(ctx: FitContext, head: str, epochs: int) -> nn.Module:
                 loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                # under DDP: the whole batch's gradient, as DDP gives the real model
+                average_gradients(params, batch_share(ctx.train_loader, i, len(y)))
                 optimizer.step()
+        sync_buffers(model)  # rank 0's BatchNorm statistics for the measurements
     return model
 
 
@@ -161,6 +169,9 @@ class GBlending(Method):
         form: ``paper`` (Eq. 6, |dG| / dO^2 from start/end deltas) or ``multibench``
             (L_val(end) / O(end)^2).
     """
+
+    # each copy's gradients averaged over ranks, every head loss summed over them
+    supports_ddp = True
 
     def __init__(self, holdout: float = 0.08, super_epoch: int = 20,
                  estimate_first: bool = True, form: str = "paper") -> None:

@@ -54,6 +54,10 @@ class Greedy(Method):
             is the whole ResNet with its ``fc``); False: ``model.encoders[m]`` only.
     """
 
+    # the speeds read gradients after DDP averaged them and parameters equal on every rank: the
+    # M sums, d and the re-balanced branch are the same on every rank without a reduction
+    supports_ddp = True
+
     def __init__(self, epsilon: float = 0.01, rebalance_steps: int = 5, start_epoch: int = 1,
                  accumulate_while_rebalancing: bool = False, head_in_main: bool = True) -> None:
         check_number("method.epsilon", epsilon, low=0)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, check_choice, check_number
-from .base import (FitContext, Method, check_finite, feature_dims, register_method,
+from .base import (FitContext, Method, feature_dims, register_method,
                    require_equal_dims)
 
 __all__ = ["MLA", "gs_alpha", "owm_update", "entropy_weights", "default_weights"]
@@ -152,16 +152,18 @@ class MLA(Method):
             self.P = torch.eye(w.shape[1], device=w.device, dtype=w.dtype)
         self.P = self.P.to(w.device, w.dtype)
         alpha = gs_alpha(self._batch, len(ctx.train_loader))
-        features = model.encode(inputs)  # {m: (B, d)}, one forward of every encoder
+        with ctx.autocast():  # train.precision (bf16; 16-mixed is refused: carried grads)
+            features = model.encode(inputs)  # {m: (B, d)}, one forward of every encoder
         opt.zero_grad(set_to_none=True)
         terms = {}
         for m, z in features.items():
-            loss = F.cross_entropy(head(z), labels)  # H as updated by the previous steps
-            check_finite(ctx, {f"ce_{m}": loss})
-            loss.backward()
+            with ctx.autocast():
+                loss = F.cross_entropy(head(z), labels)  # H as updated by the previous steps
+            loss.backward()  # a non-finite loss: the trainer stops the run (device-side flag)
             if self.gs_projection and self.exp_count != 0:
-                with torch.no_grad():
-                    self.P = owm_update(self.P, z.detach().mean(0), alpha, self.gs_denominator)
+                with torch.no_grad():  # P stays float32: z is bf16 under autocast
+                    self.P = owm_update(self.P, z.detach().float().mean(0), alpha,
+                                        self.gs_denominator)
                     w.grad = w.grad @ self.P.T  # the bias gradient is left as it is
             opt.step()
             opt.zero_grad(set_to_none=not self.carry)

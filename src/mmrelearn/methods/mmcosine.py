@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice, check_number
+from ..distributed import reduce_floats
 from ..models import ModelOutput, SumFusion
 from .base import FitContext, Method, register_method
 
@@ -84,6 +85,9 @@ class MMCosine(Method):
         check_number("method.lam", lam, low=0)
         check_choice("method.eval_plain_head", eval_plain_head, (True, False))
         self.scaling, self.lam, self.eval_plain_head = scaling, lam, eval_plain_head
+        # DDP: the cosine CE is a mean over samples; the NCE pairs the samples of one batch,
+        # which DDP splits across ranks (not reduced yet): refused there
+        self.supports_ddp = lam == 0
         self._logit_y: dict[str, float] = {}
         self._n = 0
 
@@ -114,8 +118,9 @@ class MMCosine(Method):
         terms = {"ce": F.cross_entropy(output.logits, labels)}
         with torch.no_grad():  # the release logs the mean true-class logit per modality
             for m, lg in output.unimodal_logits.items():
-                self._logit_y[m] = (self._logit_y.get(m, 0.0)
-                                    + float(lg.gather(1, labels[:, None]).mean()))
+                self._logit_y[m] = (self._logit_y.get(m, 0.0)  # DDP: this rank's share
+                                    + float(lg.gather(1, labels[:, None]).mean())
+                                    * getattr(ctx, "batch_share", 1.0))
             self._n += 1
         if self.lam > 0:
             z, mods = output.features, list(output.features)
@@ -132,4 +137,5 @@ class MMCosine(Method):
     def on_train_epoch_end(self, ctx: FitContext) -> Optional[dict[str, Any]]:
         if self._n == 0:
             return None
-        return {"mmcosine": {"logit_y_mean": {m: v / self._n for m, v in self._logit_y.items()}}}
+        logit_y = reduce_floats(self._logit_y)  # the global batches' (DDP)
+        return {"mmcosine": {"logit_y_mean": {m: v / self._n for m, v in logit_y.items()}}}

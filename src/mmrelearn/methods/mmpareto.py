@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..config import check_choice, check_number
 from ..models import ModelOutput
-from .base import FitContext, Method, check_finite, register_method, require_unimodal_heads
+from .base import FitContext, Method, register_method, require_unimodal_heads
 
 __all__ = ["MMPareto", "pareto_weights", "pareto_combine", "unimodal_logits"]
 
@@ -143,12 +143,13 @@ class MMPareto(Method):
     def training_step(self, ctx: FitContext, inputs: Mapping[str, torch.Tensor],
                       labels: torch.Tensor) -> dict[str, torch.Tensor]:
         model = ctx.model
-        output = model(inputs)
-        fused = F.cross_entropy(output.logits, labels)
-        uni = {m: F.cross_entropy(lg, labels)
-               for m, lg in unimodal_logits(model, output, self.unimodal).items()}
+        with ctx.autocast():  # train.precision (16-mixed is refused: the solver reads
+            # each loss's gradients, which a loss scale would leave scaled)
+            output = model(inputs)
+            fused = F.cross_entropy(output.logits, labels)
+            uni = {m: F.cross_entropy(lg, labels)
+                   for m, lg in unimodal_logits(model, output, self.unimodal).items()}
         terms = {"ce": fused, **{f"ce_{m}": v for m, v in uni.items()}}
-        check_finite(ctx, terms)
         params = {m: [p for p in e.parameters() if p.requires_grad]
                   for m, e in model.encoders.items()}
         ctx.optimizer.zero_grad(set_to_none=True)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import check_choice, check_number
+from ..distributed import reduce_floats
 from ..models import ModelOutput
 from .base import FitContext, Method, register_method, true_class_scores
 
@@ -69,6 +70,8 @@ class OGMGE(Method):
         rule: ``release`` (K = 2), ``min`` (the K > 2 rule) or ``auto`` (release for K = 2).
         seed: seed of the GE noise generator.
     """
+
+    supports_ddp = True  # scores summed over ranks; gradients edited after DDP averaged them
 
     def __init__(self, alpha: float = 0.8, ge: bool = True, modulation_starts: int = 0,
                  modulation_ends: int = 50, conv_only: bool = True, rule: str = "auto",
@@ -134,7 +137,7 @@ class OGMGE(Method):
             terms["probe_ce"] = sum(F.cross_entropy(lg, labels) for lg in logits.values())
         else:
             logits = split_logits(ctx.model, output.features)  # m -> (B, C)
-        self.scores = true_class_scores(logits, labels)
+        self.scores = reduce_floats(true_class_scores(logits, labels))  # the global batch's
         return terms
 
     def _rule(self) -> str:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import check_choice, check_number
+from ..distributed import all_reduce_sum, reduce_floats
 from ..models import ModelOutput
 from .base import FitContext, Method, register_method, true_class_scores
 
@@ -80,6 +81,8 @@ class PMR(Method):
         entropy_weight: weight of that entropy term (paper: 1e-2 or 1e-3).
     """
 
+    supports_ddp = True  # prototype sums and counts, and the scores, summed over ranks
+
     def __init__(self, alpha: float = 1.0, momentum: float = 0.2, proto_fraction: float = 0.1,
                  modulation_starts: int = 0, modulation_ends: int = 10**9,
                  form: str = "release", entropy_epochs: int = 0,
@@ -122,6 +125,9 @@ class PMR(Method):
                 sums[m] = sums.get(m, 0) + onehot.T @ z.float()  # (C, d_m)
             counts += onehot.sum(0)
         model.train(was_training)
+        for m in sums:  # under DDP every rank saw its part of each batch: the global sums
+            all_reduce_sum(sums[m])
+        all_reduce_sum(counts)
         seen = counts > 0  # (C,)
         new = {}
         for m, s in sums.items():
@@ -149,7 +155,7 @@ class PMR(Method):
         active = self.starts <= ctx.epoch <= self.ends
         logits = {m: prototype_logits(z, self.prototypes[m].to(z))
                   for m, z in output.features.items()}  # m -> (B, C)
-        scores = prototype_scores(logits, labels)
+        scores = reduce_floats(prototype_scores(logits, labels))  # of the global batch
         coef = pce_coefficients(scores, self.alpha, self.form)
         pce = zero
         if active:

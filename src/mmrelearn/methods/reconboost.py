@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, check_choice, check_number
-from .base import (FitContext, Method, check_finite, feature_dims, register_method,
-                   require_equal_dims, unimodal_weights)
+from .base import (FitContext, Method, feature_dims, register_method, require_equal_dims,
+                   unimodal_weights)
 
 __all__ = ["ReconBoost", "BoostRate", "shared_head", "true_class_prob", "boosting_loss",
            "stage_of"]
@@ -88,6 +88,8 @@ class ReconBoost(Method):
         pretrain: start from uni-modal joint runs (prerequisites ``pretrain_<m>``).
         pretrain_epochs: their epochs (null: this run's ``train.epochs``).
     """
+
+    own_step_scales_loss = True  # ctx.backward / ctx.optimizer_step: 16-mixed works
 
     def __init__(self, w1: float = 5.0, w2: float = 1.0, epochs_per_stage: int = 4,
                  correct_epoch: int = 4, m_lr: float = 0.01, e_lr: float = 0.01,
@@ -252,21 +254,21 @@ class ReconBoost(Method):
                       labels: torch.Tensor) -> dict[str, torch.Tensor]:
         model, stage = ctx.model, self._stage
         members = self._members(stage)
-        if self._phase == 1:
-            m = self.order[stage % len(self.order)]
-            with torch.no_grad():  # F_-m, the other learners in train mode (as released)
-                rest = self._ensemble(model, inputs, [j for j in members if j != m], stage)
-            q = true_class_prob(rest, labels)  # (B,)
-            logits = self._learner(model, m, inputs[m], stage)
-            terms = {"boost": boosting_loss(logits, q, labels, self.w1, self.w2)}
-            self._q_sum, self._n = self._q_sum + q.sum(), self._n + len(q)
-        else:
-            terms = {"ce": F.cross_entropy(self._ensemble(model, inputs, members, stage),
-                                           labels)}
-        check_finite(ctx, terms)
-        self._opt.zero_grad(set_to_none=True)
-        sum(terms.values()).backward()
-        self._opt.step()
+        with ctx.autocast():  # train.precision; the scaler below (16-mixed) takes any optimizer
+            if self._phase == 1:
+                m = self.order[stage % len(self.order)]
+                with torch.no_grad():  # F_-m, the other learners in train mode (as released)
+                    rest = self._ensemble(model, inputs, [j for j in members if j != m], stage)
+                q = true_class_prob(rest, labels).float()  # (B,); float32 under autocast too
+                logits = self._learner(model, m, inputs[m], stage)
+                terms = {"boost": boosting_loss(logits, q, labels, self.w1, self.w2)}
+                self._q_sum, self._n = self._q_sum + q.sum(), self._n + len(q)
+            else:
+                terms = {"ce": F.cross_entropy(self._ensemble(model, inputs, members, stage),
+                                               labels)}
+        self._opt.zero_grad(set_to_none=True)  # a non-finite loss: the trainer stops the run
+        ctx.backward(sum(terms.values()))
+        ctx.optimizer_step(self._opt)
         return terms
 
     def on_train_epoch_end(self, ctx: FitContext) -> Optional[dict[str, Any]]:

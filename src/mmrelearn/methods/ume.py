@@ -51,6 +51,8 @@ class UME(TeacherRuns):
         average: ``logits`` (mean of the logits) or ``probs`` (mean of the probabilities).
     """
 
+    own_step_scales_loss = True  # it never steps: any train.precision (teachers run at it)
+
     def __init__(self, teacher_epochs: Optional[int] = None, average: str = "logits") -> None:
         super().__init__(teacher_epochs)
         check_choice("method.average", average, ("logits", "probs"))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check_choice, check_number
+from ..distributed import reduce_floats
 from ..models import ModelOutput
 from .base import FitContext, Method, register_method, unimodal_weights
 
@@ -111,6 +112,8 @@ class UMT(TeacherRuns):
             unverified).
     """
 
+    supports_ddp = True  # CE and MSE are means over samples; teachers are joint runs
+
     def __init__(self, lam: float = 10.0, teacher_epochs: Optional[int] = None,
                  student_init: str = "fresh") -> None:
         super().__init__(teacher_epochs)
@@ -147,7 +150,8 @@ class UMT(TeacherRuns):
         terms = {"ce": F.cross_entropy(output.logits, labels)}
         for m, z in output.features.items():
             mse = F.mse_loss(z, self._targets[m])  # mean over (B, d_m)
-            self._mse_sum[m] = self._mse_sum.get(m, 0.0) + mse.detach()
+            share = getattr(ctx, "batch_share", 1.0)  # DDP: this rank's part of the mean
+            self._mse_sum[m] = self._mse_sum.get(m, 0.0) + mse.detach() * share
             terms[f"distill_{m}"] = self.lam * mse
         self._n += 1
         return terms
@@ -155,5 +159,6 @@ class UMT(TeacherRuns):
     def on_train_epoch_end(self, ctx: FitContext) -> Optional[dict[str, Any]]:
         if self._n == 0:
             return None
-        return {"umt": {"mse": {m: float(s) / self._n for m, s in self._mse_sum.items()},
+        mse = reduce_floats({m: float(s) for m, s in self._mse_sum.items()})  # over ranks
+        return {"umt": {"mse": {m: s / self._n for m, s in mse.items()},
                         "lam": self.lam}}

@@ -10,8 +10,9 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 import yaml
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
+from .. import distributed as dist
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..data import DataBundle, build_data
 from ..methods import METHODS, Method
@@ -33,6 +34,11 @@ class RunExistsError(FileExistsError):
 
 
 def resolve_device(name: str) -> torch.device:
+    if dist.world_size() > 1:  # torchrun: cuda:LOCAL_RANK or the CPU
+        try:
+            return dist.rank_device(name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -109,16 +115,28 @@ def _loaders(cfg: Config, data: DataBundle, gen: torch.Generator,
     kw: dict = dict(num_workers=t.num_workers)
     if t.num_workers > 0:
         kw.update(worker_init_fn=_one_thread)
+    world, rank = dist.world_size(), dist.rank()
     def fixed_order(dataset) -> DataLoader:
         # A loader without a generator draws its iterator's base seed from the GLOBAL RNG
         # each time it is iterated, which would move later dropout masks; each gets its own.
         own = torch.Generator().manual_seed(cfg.seed)
+        if world > 1:  # DDP: whole batches dealt to the ranks, gathered back in order
+            dealt = dist.DealtBatches(len(dataset), t.eval_batch_size, rank, world)
+            return DataLoader(dataset, batch_sampler=dealt, generator=own, **kw)
         return DataLoader(dataset, batch_size=t.eval_batch_size, generator=own, **kw)
 
+    # a method may ask for each sample's index (methods/base.py: wants_sample_index)
+    train_set = WithIndex(data.train) if with_index else data.train
+    if world > 1:  # DDP: the single process's shuffled batches, each split across the ranks
+        dist.check_global_batch(t.batch_size, len(train_set), world)
+        batches = BatchSampler(RandomSampler(train_set, generator=gen), t.batch_size, False)
+        train = DataLoader(train_set, batch_sampler=dist.SplitBatches(batches, rank, world),
+                           generator=gen, **kw)
+    else:
+        train = DataLoader(train_set, batch_size=t.batch_size, shuffle=True, generator=gen,
+                           **kw)
     loaders = {
-        # a method may ask for each sample's index (methods/base.py: wants_sample_index)
-        "train": DataLoader(WithIndex(data.train) if with_index else data.train,
-                            batch_size=t.batch_size, shuffle=True, generator=gen, **kw),
+        "train": train,
         "diag_train": fixed_order(data.train),
         "val": fixed_order(data.val),
         "test": fixed_order(data.test),
@@ -133,6 +151,12 @@ def build_trainer(cfg: Config, run_dir: Path) -> Trainer:
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
     method = build_method(cfg)
+    if dist.world_size() > 1 and not method.supports_ddp:
+        raise ConfigError(
+            f"method.name: {cfg.method['name']!r} is not supported under DDP (torchrun with "
+            f"{dist.world_size()} processes): it reads batch statistics or steps in ways not "
+            f"reduced across processes yet; run it in one process. Supported there: "
+            f"{sorted(n for n, c in METHODS.items() if c.supports_ddp)}")
     data = build_data_for(cfg, method)
     model_kw = {"fusion": cfg.model.fusion, "fusion_dim": cfg.model.fusion_dim,
                 "unimodal_heads": cfg.model.unimodal_heads, "mbt": cfg.model.mbt,
@@ -193,6 +217,10 @@ def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] =
     a bad config value leaves nothing behind. ``resume=True`` continues the run in ``run_dir``
     from its last checkpoint using the config stored there (from scratch when no epoch
     finished); a finished run is returned unchanged.
+
+    Launched by torchrun with several processes, it initialises ``torch.distributed`` (if
+    not yet done) and trains with DDP (``mmrelearn.distributed``): every rank runs this
+    function, rank 0 alone writes the run directory, every rank reads it back.
     """
     if resume:
         run_dir = Path(run_dir)
@@ -205,19 +233,24 @@ def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] =
         if (run_dir / "config.yaml").exists() and _has_finished_epoch(run_dir):
             raise RunExistsError(f"{run_dir} already holds a run; resume it with "
                                  f"--resume {run_dir}, or set another name/output_dir")
+    started_group = dist.init_from_env(cfg.train.device)  # torchrun with WORLD_SIZE > 1
     trainer = build_trainer(cfg, run_dir)  # every bad value raises here: nothing written yet
     state = rng_state()  # checking a prerequisite builds it, which reseeds
     prerequisites = prerequisite_configs(cfg, trainer.method, run_dir)  # checked, not yet run
     set_rng_state(state)
-    if not resume:
-        _start_run_dir(cfg, run_dir)
-    for folder in (run_dir, run_dir / "checkpoints"):
-        remove_temporaries(folder)  # left by a process killed inside an atomic write
+    dist.barrier()  # every rank has checked run_dir before rank 0 writes to it
+    if dist.is_main():
+        if not resume:
+            _start_run_dir(cfg, run_dir)
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_temporaries(folder)  # left by a process killed inside an atomic write
+        if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
+            # no epoch finished: start over, dropping lines of the epoch that stopped
+            for name in ("metrics.jsonl", "reports.jsonl"):
+                truncate_jsonl(run_dir / name, -1)
+    dist.barrier()
     if resume and (run_dir / "checkpoints" / "last.pt").is_file():
         trainer.resume()
-    elif resume:  # no epoch finished: start over, dropping lines of the epoch that stopped
-        for name in ("metrics.jsonl", "reports.jsonl"):
-            truncate_jsonl(run_dir / name, -1)
     state = rng_state()  # a prerequisite trained now or reused: the same run afterwards
     done = {name: train_prerequisite(raw, d) for name, (raw, d) in prerequisites.items()}
     set_rng_state(state)
@@ -230,8 +263,12 @@ def train(cfg: Optional[Config] = None, *, run_dir: Optional[Union[str, Path]] =
                                     for name, (_, d) in prerequisites.items()}
         summary["passes"]["prerequisites"] = sum(total_passes(s) for s in done.values())
         summary["passes"]["total"] += summary["passes"]["prerequisites"]
-    plot_run(run_dir)
-    atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
+    if dist.is_main():
+        plot_run(run_dir)
+        atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
+    dist.barrier()  # the run is finished (summary.json written) for every rank
+    if started_group:
+        dist.destroy()
     return summary
 
 
