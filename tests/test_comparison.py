@@ -89,7 +89,9 @@ def finished(tmp_path_factory):
     from conftest import TINY
 
     out = tmp_path_factory.mktemp("comparison")
-    return out, run_comparison(_spec(copy.deepcopy(TINY)), out, seeds=2, progress=False)
+    spec = _spec(copy.deepcopy(TINY))
+    spec["methods"]["dnr_h2"] = ["method={name: dnr, every: 2}"]  # a second key, one method
+    return out, run_comparison(spec, out, seeds=2, progress=False)
 
 
 def test_run_comparison_writes_results_json_and_figures(finished):
@@ -99,7 +101,7 @@ def test_run_comparison_writes_results_json_and_figures(finished):
     assert res["variants"]["noisy"]["scarce"] and not res["variants"]["clean"]["scarce"]
     for variant in ("clean", "noisy"):
         methods = res["variants"][variant]["methods"]
-        assert list(methods) == ["joint", "dnr", "alone_m1"]
+        assert list(methods) == ["joint", "dnr", "dnr_h2", "alone_m1"]
         dnr = methods["dnr"]
         assert dnr["seeds"] == [0, 1] and len(dnr["test"]["acc"]) == 2
         summary = json.loads((tmp_path / variant / "dnr" / "seed1" / "summary.json").read_text())
@@ -109,6 +111,9 @@ def test_run_comparison_writes_results_json_and_figures(finished):
         assert set(dnr["timing"]) == {"train_s", "eval_s", "method_s"}
         assert dnr["timing"]["method_s"][0] > 0 and methods["joint"]["timing"]["method_s"][0] < 0.01
     assert "Paired by seed against joint" in text and "| dnr | 2 |" in text
+    # runs of one method under two keys are grouped and paired under their own keys
+    for variant in ("clean", "noisy"):
+        assert f"| {variant} | dnr_h2 | 2 |" in text and f"| {variant} | dnr | 2 |" in text
     assert "| method | train / joint | total / joint | hook / train |" in text
     for name in ("improvement.png", "clean_probes.png", "noisy_probes.png", "clean_curves.png"):
         assert (tmp_path / name).stat().st_size > 1000

@@ -159,7 +159,10 @@ def paper_layout_markdown(methods: dict[str, Any], layout: list, note: str = "")
 
 def _variant_report(spec: dict, variant: str, entry: dict, jobs: list[Job], out_dir: Path,
                     reference: str) -> list[str]:
-    summaries = [json.loads((j.run_dir / "summary.json").read_text()) for j in jobs]
+    # each run under its key in the spec (two keys may run one method, e.g. valuation at the
+    # sample and the modality level): the tables group and pair runs by it
+    summaries = [{**json.loads((j.run_dir / "summary.json").read_text()), "method": j.method}
+                 for j in jobs]
     main = [s for j, s in zip(jobs, summaries) if not j.method.startswith("alone_")]
     methods = entry["methods"]
     lines = [f"## {variant}: {entry['description']}", "",
