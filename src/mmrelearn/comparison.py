@@ -30,7 +30,8 @@ from .config import apply_overrides
 from .report import aggregate, markdown_table, mean_std, paired_markdown, total_passes
 from .train.checkpoint import atomic_write_text, read_jsonl
 from .train.plots import plot_groups, plot_improvement, plot_probe_scatter
-from .train.run import run_or_reuse  # re-exported: comparisons and scripts train through it
+# run_or_reuse re-exported: comparisons and scripts train through it
+from .train.run import drop_absent_noise, run_or_reuse
 
 __all__ = ["Job", "comparison_jobs", "run_comparison", "collect_results", "timing_rows",
            "paper_layout_markdown", "run_or_reuse", "figure1"]
@@ -76,10 +77,8 @@ def comparison_jobs(spec: dict[str, Any], out_dir: Path, seeds: int,
                         "train.progress=false"]
                 if epochs is not None:
                     over.append(f"train.epochs={epochs}")
-                raw = apply_overrides(spec["base"], over)
-                noise = raw["data"].get("noise")
-                if method.startswith("alone_") and noise and noise["modality"] != method[6:]:
-                    raw["data"]["noise"] = None  # it degrades a modality this run does not have
+                # a noise on a modality an alone_<m> run does not have is dropped for it
+                raw = drop_absent_noise(apply_overrides(spec["base"], over))
                 jobs.append(Job(seed, variant, method, out_dir / variant / method / f"seed{seed}",
                                 raw))
     return jobs

@@ -206,3 +206,14 @@ def test_refusals(tiny_raw, tmp_path):
     with pytest.raises(ValueError, match=r"teacher runs \['teacher_m0', 'teacher_m1'\]"):
         trainer.fit()
     assert not (tmp_path / "bare/metrics.jsonl").exists()
+
+
+def test_a_noise_on_another_modality_is_dropped_for_its_teacher(tiny_raw, tmp_path):
+    # a run whose m0 is noisy: teacher_m0 keeps the noise, teacher_m1 (no m0) cannot have it
+    tiny_raw["data"]["noise"] = {"modality": "m0", "snr_db": 0}
+    tiny_raw["method"] = {"name": "umt", "teacher_epochs": 1}
+    tiny_raw["train"].update(epochs=1, monitor_purity=False)
+    train(config_from_dict(tiny_raw), run_dir=tmp_path)
+    noise = {m: yaml.safe_load((tmp_path / f"prerequisites/teacher_{m}/config.yaml")
+                               .read_text())["data"]["noise"] for m in ("m0", "m1")}
+    assert noise == {"m0": {"modality": "m0", "snr_db": 0}, "m1": None}

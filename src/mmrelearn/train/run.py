@@ -24,7 +24,8 @@ from .loop import Trainer, seed_everything
 from .plots import plot_run
 
 __all__ = ["build_method", "build_data_for", "build_trainer", "train", "load_run_config",
-           "RunExistsError", "run_or_reuse", "prerequisite_configs", "WithIndex"]
+           "RunExistsError", "run_or_reuse", "prerequisite_configs", "WithIndex",
+           "drop_absent_noise"]
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,17 @@ def _merge(base: dict, partial: Mapping[str, Any]) -> dict:
     return out
 
 
+def drop_absent_noise(raw: dict) -> dict:
+    """``raw`` without a ``data.noise`` on a modality its ``data.modalities`` leave out (a run
+    on fewer modalities, e.g. a uni-modal teacher: the noise degrades a modality it does not
+    have); returned as given otherwise."""
+    data = raw.get("data", {})
+    noise, mods = data.get("noise"), data.get("modalities")
+    if isinstance(noise, Mapping) and mods is not None and noise.get("modality") not in mods:
+        raw = {**raw, "data": {**data, "noise": None}}
+    return raw
+
+
 def prerequisite_configs(cfg: Config, method: Method, run_dir: Path
                          ) -> dict[str, tuple[dict, Path]]:
     """The method's prerequisite runs: name -> (raw config, run directory). Each one not
@@ -290,7 +302,7 @@ def prerequisite_configs(cfg: Config, method: Method, run_dir: Path
     naming the prerequisite before any directory is written."""
     out = {}
     for name, partial in method.prerequisites().items():
-        raw = _merge(config_to_dict(cfg), partial)
+        raw = drop_absent_noise(_merge(config_to_dict(cfg), partial))
         raw["name"] = f"{cfg.name}-{name}"
         d = Path(run_dir) / "prerequisites" / name
         if not (d / "summary.json").is_file():
