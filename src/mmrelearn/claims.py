@@ -260,7 +260,7 @@ def overview_markdown(results: Sequence[dict[str, Any]], alpha: float = 0.05,
                     continue
                 cells.append(f"{mean_std(e['test']['acc'])} ({len(e['seeds'])})")
                 if passes:
-                    cells.append(f"{mean(e['passes']):g}" if "passes" in e else "-")
+                    cells.append(f"{mean(e['passes']):.4g}" if "passes" in e else "-")
                 if m == ref:
                     cells.append("reference")
                     continue

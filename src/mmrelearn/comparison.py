@@ -10,7 +10,8 @@ where one modality is scarcely informative, the paper's Table 4 setting), ``meth
 reference over those), ``task`` and ``reference`` (default ``joint``), and ``paper_layout``: a
 list of ``[label, method]`` rows (``method`` null for one that does not apply, shown as "/")
 for a first table in the paper's layout (Acc, Weighted F1, Macro F1, mean ± std), with
-``paper_note`` printed under it.
+``paper_note`` printed under it, and ``timing_note``, printed under the wall-time table (e.g.
+which rows were timed in another session).
 
 Runs go seed by seed, and within a seed every variant and method in turn, so load drift on a
 shared machine hits every method alike; timing ratios are medians over seeds of per-seed ratios.
@@ -87,7 +88,7 @@ def comparison_jobs(spec: dict[str, Any], out_dir: Path, seeds: int,
 def collect_results(spec: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
     """The ``results.json`` payload: per variant and method, per-seed test metrics (%), probe
     accuracies (%), the selected epoch's train/val accuracy (%), seconds by phase and passes
-    over the training split (prerequisite runs such as teachers included)."""
+    over the training split (both with the prerequisite runs, such as teachers, included)."""
     from .probe import probe_run
 
     scarce = set(spec.get("scarce", []))
@@ -104,7 +105,7 @@ def collect_results(spec: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
                 e["test"].setdefault(k, []).append(100.0 * s["test"][k])
             for split in ("train", "val"):
                 e["selected"].setdefault(f"{split}_acc", []).append(100.0 * s[split]["acc"])
-            for k, v in s["seconds"].items():
+            for k, v in _seconds_with_prerequisites(s, job.run_dir).items():
                 e["timing"].setdefault(f"{k}_s", []).append(v)
             e.setdefault("passes", []).append(total_passes(s))
             if spec.get("probe", False) and not job.method.startswith("alone_"):
@@ -112,6 +113,18 @@ def collect_results(spec: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
                     e.setdefault("probe", {}).setdefault(m, []).append(100.0 * r["test_acc"])
         out["variants"][variant] = {"description": spec["descriptions"][variant],
                                     "scarce": variant in scarce, "methods": methods}
+    return out
+
+
+def _seconds_with_prerequisites(summary: dict, run_dir: Path) -> dict[str, float]:
+    """A run's seconds by phase plus those of its prerequisite runs (teachers, earlier stages),
+    which its own ``seconds`` leave out: what the method cost."""
+    out = dict(summary["seconds"])
+    for rel in summary.get("prerequisites", {}).values():
+        d = run_dir / rel
+        for k, v in _seconds_with_prerequisites(
+                json.loads((d / "summary.json").read_text()), d).items():
+            out[k] = out.get(k, 0.0) + v
     return out
 
 
@@ -200,12 +213,14 @@ def _variant_report(spec: dict, variant: str, entry: dict, jobs: list[Job], out_
         lines += ["Wall time, median over seeds of the per-seed ratio to " + reference +
                   " (runs interleaved seed by seed); train = epoch start hook + batches, "
                   "total adds evaluation and the epoch-end hook; hook / train = the epoch-end "
-                  "hook's seconds (D&R: diagnosis and re-initialisation) over training seconds:",
+                  "hook's seconds (D&R: diagnosis and re-initialisation) over training seconds; "
+                  "a method's prerequisite runs (teachers, earlier stages) are included:",
                   "", "| method | train / " + reference + " | total / " + reference +
                   " | hook / train | train s (median) |", "|---|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['train_ratio']:.2f} | {r['total_ratio']:.2f} | "
                   f"{r['hook_over_train']:.3f} | {r['train_s']:.1f} |"
                   for r in timing_rows(methods, reference)]
+        lines += ["", spec["timing_note"]] if spec.get("timing_note") else []
         lines.append("")
     groups: dict[str, list[Path]] = {}
     for j in jobs:

@@ -81,7 +81,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], time_reference: Optional[str]
         if ref:
             cells.append(f"{r['train_seconds'] / ref:.2f}x")
         lines.append(f"| {r['name']} | {r['method']} | {len(r['seeds'])} | "
-                     f"{'-' if r['passes'] is None else format(r['passes'], 'g')} | "
+                     f"{'-' if r['passes'] is None else format(r['passes'], '.4g')} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 
