@@ -115,8 +115,10 @@ def plot_improvement(rows: Sequence[Mapping[str, Any]], path: Union[str, Path],
     for j, m in enumerate(methods):
         sel = [(variants.index(g), r) for g, r in zip(group, rows) if r["method"] == m]
         x = np.array([i for i, _ in sel]) + (j - (len(methods) - 1) / 2) * width
+        # 20 distinct colours, then hatched: every method keeps its own legend entry
         ax.bar(x, [r["mean"] for _, r in sel], width * 0.9, label=m,
-               yerr=_half_widths([r for _, r in sel]), capsize=3, color=f"C{j}")
+               yerr=_half_widths([r for _, r in sel]), capsize=3,
+               color=plt.cm.tab20(j % 20), hatch="//" if j >= 20 else None)
     ax.axhline(0.0, color="black", lw=0.8)
     if len(variants) > 1:
         ax.set_xticks(range(len(variants)), variants)
