@@ -192,3 +192,38 @@ def reinit_run():
         return trainer, init, seen
 
     return run
+
+
+# ---- helpers shared by the method tests (import them: ``from conftest import fit_ctx``)
+
+def fit_ctx(**fields):
+    """A FitContext of what a training step reads (precision 32), the loaders unused."""
+    import torch
+
+    from mmrelearn.methods.base import FitContext
+
+    base = dict(device=torch.device("cpu"), num_classes=2, epochs=1, train_loader=range(1),
+                diag_train_loader=(), val_loader=(), epoch=0)
+    return FitContext(**{**base, **fields})
+
+
+def method_raw(raw, name, **method):
+    """``raw`` running method ``name`` with options ``method``, the purity monitor off."""
+    raw["method"] = {"name": name, **method}
+    raw["train"]["monitor_purity"] = False
+    return raw
+
+
+def identity_encoder(dim):
+    """An encoder returning its (B, dim) input as features (``out_dim`` = dim)."""
+    import torch
+
+    class Identity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out_dim = dim
+
+        def forward(self, x):
+            return x
+
+    return Identity()

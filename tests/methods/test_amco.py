@@ -13,26 +13,17 @@ from torch import nn
 from mmrelearn.cli import main
 from mmrelearn.config import ConfigError, config_from_dict
 from mmrelearn.methods.amco import AMCo, dependence, live_split_logits, mask_schedule
-from mmrelearn.methods.base import FitContext
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
-
-
-def _fit_ctx(**fields) -> FitContext:
-    """A FitContext of what a training step reads (precision 32), the loaders unused."""
-    base = dict(device=torch.device("cpu"), num_classes=2, epochs=1, train_loader=range(1),
-                diag_train_loader=(), val_loader=(), epoch=0)
-    return FitContext(**{**base, **fields})
+from conftest import fit_ctx as _fit_ctx, method_raw, identity_encoder  # noqa: E402
 
 
 T = torch.tensor
 
 
 def _raw(raw, **method):
-    raw["method"] = {"name": "amco", **method}
-    raw["train"]["monitor_purity"] = False
-    return raw
+    return method_raw(raw, "amco", **method)
 
 
 def test_worked_example_by_hand():
@@ -71,17 +62,8 @@ def test_saturation_is_found_and_flagged():
     assert AMCo(eps=3.0)._saturation(epochs=3, batches=20) == (2, 15)
 
 
-class _Identity(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.out_dim = dim
-
-    def forward(self, x):
-        return x
-
-
 def _model(method, num_classes=4):
-    model = MultimodalModel(nn.ModuleDict({"a": _Identity(2), "v": _Identity(2)}),
+    model = MultimodalModel(nn.ModuleDict({"a": identity_encoder(2), "v": identity_encoder(2)}),
                             ConcatFusion({"a": 2, "v": 2}), num_classes)
     model.method_modules = nn.ModuleDict(method.extra_modules(model, num_classes))
     x = {"a": T([[1.0, 2.0], [-1.0, 0.5], [0.3, -2.0]]), "v": T([[0.5, 0.1], [0.2, -0.4],

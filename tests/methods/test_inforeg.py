@@ -16,15 +16,14 @@ from mmrelearn.methods.inforeg import (InfoReg, regulation_coefficients, split_l
 from mmrelearn.models import build_model
 from mmrelearn.train import build_trainer, train
 from mmrelearn.train.checkpoint import read_jsonl
+from conftest import method_raw  # noqa: E402
 
 CPU = torch.device("cpu")
 MLP = {"type": "mlp", "hidden": [4, 4]}  # two Linear weights per encoder
 
 
 def _raw(raw, **method):
-    raw["method"] = {"name": "inforeg", **method}
-    raw["train"]["monitor_purity"] = False
-    return raw
+    return method_raw(raw, "inforeg", **method)
 
 
 def test_window_by_hand():

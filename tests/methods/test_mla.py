@@ -14,27 +14,18 @@ from torch import nn
 
 from mmrelearn.cli import main
 from mmrelearn.config import ConfigError, config_from_dict
-from mmrelearn.methods.base import FitContext
 from mmrelearn.methods.mla import MLA, default_weights, entropy_weights, gs_alpha, owm_update
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
-
-
-def _fit_ctx(**fields) -> FitContext:
-    """A FitContext of what a training step reads (precision 32), the loaders unused."""
-    base = dict(device=torch.device("cpu"), num_classes=2, epochs=1, train_loader=range(1),
-                diag_train_loader=(), val_loader=(), epoch=0)
-    return FitContext(**{**base, **fields})
+from conftest import fit_ctx as _fit_ctx, method_raw, identity_encoder  # noqa: E402
 
 
 T = torch.tensor
 
 
 def _raw(raw, **method):
-    raw["method"] = {"name": "mla", **method}
-    raw["train"]["monitor_purity"] = False
-    return raw
+    return method_raw(raw, "mla", **method)
 
 
 def test_worked_example_by_hand():
@@ -82,17 +73,8 @@ def test_release_denominator_differs_off_the_diagonal():
     assert torch.allclose(owm_update(eye, e1, 0.1), owm_update(eye, e1, 0.1, "release_outer"))
 
 
-class _Identity(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.out_dim = dim
-
-    def forward(self, x):
-        return x
-
-
 def _identity_model(method):
-    model = MultimodalModel(nn.ModuleDict({"a": _Identity(2), "v": _Identity(2)}),
+    model = MultimodalModel(nn.ModuleDict({"a": identity_encoder(2), "v": identity_encoder(2)}),
                             ConcatFusion({"a": 2, "v": 2}), 2)
     model.method_modules = nn.ModuleDict(method.extra_modules(model, 2))
     with torch.no_grad():

@@ -18,27 +18,17 @@ from mmrelearn.methods.mmcosine import MMCosine, cosine_logits, nce_loss
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer, train
 from mmrelearn.train.checkpoint import load_checkpoint, read_jsonl
+from conftest import method_raw, identity_encoder  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
 def _raw(raw, **method):
-    raw["method"] = {"name": "mmcosine", **method}
-    raw["train"]["monitor_purity"] = False
-    return raw
-
-
-class _Identity(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.out_dim = dim
-
-    def forward(self, x):
-        return x
+    return method_raw(raw, "mmcosine", **method)
 
 
 def _example_model(bias=(100.0, -100.0)):
-    model = MultimodalModel(nn.ModuleDict({"a": _Identity(2), "v": _Identity(2)}),
+    model = MultimodalModel(nn.ModuleDict({"a": identity_encoder(2), "v": identity_encoder(2)}),
                             ConcatFusion({"a": 2, "v": 2}), 2)
     with torch.no_grad():  # rows: class 0 = [W_a | W_v] = [(1, 0) | (1, 1)], class 1 below
         model.head.weight.copy_(torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 2.0, -1.0, 1.0]]))

@@ -11,27 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrelearn.config import ConfigError, config_from_dict
-from mmrelearn.methods.base import FitContext
 from mmrelearn.methods.mmpareto import MMPareto, pareto_combine, pareto_weights
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
-
-
-def _fit_ctx(**fields) -> FitContext:
-    """A FitContext of what a training step reads (precision 32), the loaders unused."""
-    base = dict(device=torch.device("cpu"), num_classes=2, epochs=1, train_loader=range(1),
-                diag_train_loader=(), val_loader=(), epoch=0)
-    return FitContext(**{**base, **fields})
+from conftest import fit_ctx as _fit_ctx, method_raw  # noqa: E402
 
 
 T = torch.tensor
 
 
 def _raw(raw, **method):
-    raw["method"] = {"name": "mmpareto", **method}
-    raw["train"]["monitor_purity"] = False
-    return raw
+    return method_raw(raw, "mmpareto", **method)
 
 
 def test_worked_example_by_hand():

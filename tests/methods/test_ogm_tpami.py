@@ -14,14 +14,13 @@ from mmrelearn.methods.ogm_ge import OGMGE, ogm_coefficients
 from mmrelearn.methods.ogm_tpami import OGMTPAMI, tpami_coefficients
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train.checkpoint import read_jsonl
+from conftest import method_raw  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
 def _raw(raw, **method):
-    raw["method"] = {"name": "ogm_tpami", **method}
-    raw["train"]["monitor_purity"] = False
-    return raw
+    return method_raw(raw, "ogm_tpami", **method)
 
 
 def test_worked_example_and_the_release_rule_by_hand():

@@ -16,6 +16,7 @@ from mmrelearn.methods.opm import OPM, drop_probabilities, drop_theta
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer
 from mmrelearn.train.checkpoint import read_jsonl
+from conftest import identity_encoder  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -60,22 +61,13 @@ def test_three_modalities_by_hand():
     assert drop_theta({"a": 0.5, "v": 0.0, "t": 0.25}, {"a": 4, "v": 2, "t": 2}) == 0.3125
 
 
-class _Identity(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.out_dim = dim
-
-    def forward(self, x):
-        return x
-
-
 C = 4
 
 
 def _dominated_model():
     """a's features are 5 * onehot(y) read by W_a = I: s_a = B e^5 / (e^5 + 3); W_v = 0 and
     b = 0 give out_v = 0, s_v = B / 4."""
-    model = MultimodalModel(nn.ModuleDict({"a": _Identity(C), "v": _Identity(3)}),
+    model = MultimodalModel(nn.ModuleDict({"a": identity_encoder(C), "v": identity_encoder(3)}),
                             ConcatFusion({"a": C, "v": 3}), C)
     with torch.no_grad():
         model.head.weight.zero_()

@@ -18,6 +18,7 @@ from mmrelearn.methods.valuation import (Valuation, modality_copies, sample_copi
 from mmrelearn.models import ConcatFusion, MultimodalModel, build_model
 from mmrelearn.train import build_trainer, train
 from mmrelearn.train.checkpoint import read_jsonl
+from conftest import identity_encoder  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -82,15 +83,6 @@ def test_modality_level_worked_example():
     assert d == pytest.approx(1 / 3) and keep == "v"
 
 
-class _Identity(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.out_dim = dim
-
-    def forward(self, x):
-        return x
-
-
 class _Pairs(Dataset):
     def __init__(self, a, v, y):
         self.a, self.v, self.y = a, v, y
@@ -111,7 +103,7 @@ PQ = {"yyy": ((1, 0, -10), (1, 0, -10)), "yyn": ((1, 0, -10), (0, .5, -10)),
 
 
 def _pattern_setup(patterns, batch_size=4):
-    model = MultimodalModel(nn.ModuleDict({"a": _Identity(3), "v": _Identity(3)}),
+    model = MultimodalModel(nn.ModuleDict({"a": identity_encoder(3), "v": identity_encoder(3)}),
                             ConcatFusion({"a": 3, "v": 3}), 3)
     b = torch.tensor([0.0, 0.0, -5.0])
     with torch.no_grad():
